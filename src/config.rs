@@ -1,0 +1,155 @@
+//! Configuration: a TOML file, overridden by `TOKEN_STORE_*` environment variables
+//! (`TOKEN_STORE_DATABASE__URL` overrides `[database] url`: sections and keys joined by `__`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::auth::{Client, Permission};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub kms: KmsConfig,
+    #[serde(default)]
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub body_limit_bytes: usize,
+    /// `pretty` for people, `json` for production log pipelines.
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit_bytes: 64 * 1024,
+            log_format: LogFormat::Pretty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// May carry a password, so it is a secret.
+    pub url: SecretString,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    /// Run the migrations at start (as `token-store migrate` does).
+    #[serde(default)]
+    pub migrate_on_start: bool,
+}
+
+fn default_max_connections() -> u32 {
+    16
+}
+fn default_acquire_timeout_ms() -> u64 {
+    3_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KmsConfig {
+    /// Key id, ARN or alias of the KMS key that wraps data keys. Required.
+    pub key_id: Option<String>,
+    /// Overrides the endpoint of the standard AWS chain (`AWS_ENDPOINT_URL`).
+    pub endpoint_url: Option<String>,
+    /// How long an unwrapped data key stays cached.
+    pub cache_ttl_seconds: u64,
+    /// Most unwrapped data keys cached at once.
+    pub cache_max_entries: u64,
+    /// Time limit of one KMS call, retries included.
+    pub timeout_ms: u64,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        Self {
+            key_id: None,
+            endpoint_url: None,
+            cache_ttl_seconds: 300,
+            cache_max_entries: 100_000,
+            timeout_ms: 3_000,
+        }
+    }
+}
+
+impl KmsConfig {
+    pub fn cache_ttl(&self) -> Duration {
+        Duration::from_secs(self.cache_ttl_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub name: String,
+    /// Hex SHA-256 of the client's API key (never the key).
+    pub key_sha256: String,
+    pub permissions: Vec<Permission>,
+}
+
+impl Config {
+    /// Reads the file, then the environment.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            bail!("configuration file {} does not exist", path.display());
+        }
+        Figment::from(Toml::file(path))
+            .merge(Env::prefixed("TOKEN_STORE_").split("__"))
+            .extract()
+            .with_context(|| {
+                format!(
+                    "invalid configuration in {} or TOKEN_STORE_* variables",
+                    path.display()
+                )
+            })
+    }
+
+    /// The KMS key id, or the reason the service must not start.
+    pub fn kms_key_id(&self) -> anyhow::Result<&str> {
+        match self.kms.key_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => Ok(id),
+            _ => bail!(
+                "no KMS key configured: set [kms] key_id or TOKEN_STORE_KMS__KEY_ID. \
+                 token-store seals every token under KMS and has no plaintext mode"
+            ),
+        }
+    }
+
+    pub fn clients(&self) -> anyhow::Result<Vec<Client>> {
+        self.clients
+            .iter()
+            .map(|c| {
+                Client::new(c.name.clone(), &c.key_sha256, c.permissions.iter().copied())
+                    .map_err(anyhow::Error::msg)
+            })
+            .collect()
+    }
+}

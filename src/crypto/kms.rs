@@ -1,0 +1,133 @@
+//! The KMS calls of the envelope: generate a data key, unwrap one, check the key is usable.
+//! Each call is counted by operation and outcome; plaintext keys leave here zeroizing.
+
+use std::collections::HashMap;
+
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::types::{DataKeySpec, KeyState};
+use zeroize::Zeroizing;
+
+use super::{CryptoError, KeyContext, WrappedKey};
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub(super) struct Kms {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+    metrics: Metrics,
+}
+
+impl Kms {
+    pub(super) fn new(client: aws_sdk_kms::Client, key_id: String, metrics: Metrics) -> Self {
+        Self {
+            client,
+            key_id,
+            metrics,
+        }
+    }
+
+    /// `GenerateDataKey` (AES_256) under the configured key and the row's encryption context.
+    pub(super) async fn generate_data_key(
+        &self,
+        context: &KeyContext,
+    ) -> Result<(WrappedKey, Zeroizing<Vec<u8>>), CryptoError> {
+        let result = self
+            .client
+            .generate_data_key()
+            .key_id(&self.key_id)
+            .key_spec(DataKeySpec::Aes256)
+            .set_encryption_context(Some(encryption_context(context)))
+            .send()
+            .await;
+        let output = self.record("GenerateDataKey", result)?;
+        let plaintext = Zeroizing::new(output.plaintext.map(Blob::into_inner).unwrap_or_default());
+        let blob = output
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .unwrap_or_default();
+        if plaintext.len() != 32 || blob.is_empty() {
+            return Err(CryptoError::KmsUnavailable(anyhow::anyhow!(
+                "GenerateDataKey returned no usable key"
+            )));
+        }
+        let key_id = output.key_id.unwrap_or_else(|| self.key_id.clone());
+        Ok((WrappedKey { key_id, blob }, plaintext))
+    }
+
+    /// `Decrypt` of a wrapped data key under the key that wrapped it and the row's context.
+    pub(super) async fn decrypt(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let result = self
+            .client
+            .decrypt()
+            .key_id(&wrapped.key_id)
+            .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+            .set_encryption_context(Some(encryption_context(context)))
+            .send()
+            .await;
+        let output = self.record("Decrypt", result)?;
+        Ok(Zeroizing::new(
+            output.plaintext.map(Blob::into_inner).unwrap_or_default(),
+        ))
+    }
+
+    /// `DescribeKey`: the configured key exists and is enabled.
+    pub(super) async fn check_key(&self) -> Result<(), CryptoError> {
+        let result = self.client.describe_key().key_id(&self.key_id).send().await;
+        let output = self.record("DescribeKey", result)?;
+        match output.key_metadata().map(|m| m.key_state()) {
+            Some(Some(KeyState::Enabled)) => Ok(()),
+            _ => Err(CryptoError::KmsUnavailable(anyhow::anyhow!(
+                "the KMS key is not enabled"
+            ))),
+        }
+    }
+
+    fn record<T, E>(
+        &self,
+        operation: &str,
+        result: Result<T, SdkError<E>>,
+    ) -> Result<T, CryptoError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(SdkError::ServiceError(_)) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.metrics
+            .kms_calls
+            .with_label_values(&[operation, outcome])
+            .inc();
+        result.map_err(|err| classify(operation, err))
+    }
+}
+
+/// `InvalidCiphertext`/`IncorrectKey` mean this wrapped key does not belong under this
+/// context or key: an integrity failure, not an outage. Everything else (network, throttling,
+/// disabled key, internal errors) is KMS being unavailable to us.
+fn classify<E>(operation: &str, err: SdkError<E>) -> CryptoError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or("");
+    match code {
+        "InvalidCiphertextException" | "IncorrectKeyException" => CryptoError::KeyRejected,
+        _ => CryptoError::KmsUnavailable(
+            anyhow::Error::new(err).context(format!("KMS {operation} failed")),
+        ),
+    }
+}
+
+pub(super) fn encryption_context(context: &KeyContext) -> HashMap<String, String> {
+    HashMap::from([
+        ("purpose".to_owned(), "integration-token".to_owned()),
+        ("user_id".to_owned(), context.user_id.clone()),
+        ("provider".to_owned(), context.provider.clone()),
+    ])
+}

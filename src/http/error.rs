@@ -1,0 +1,185 @@
+//! The one HTTP error type: a stable `code` per variant, problem+json bodies, and 5xx bodies
+//! that carry no internal detail (the cause is logged once, inside the request span).
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::auth::Permission;
+use crate::crypto::CryptoError;
+use crate::domain::InvalidInput;
+use crate::vault::VaultError;
+
+/// Seconds a client should wait before retrying a 503 of ours.
+const RETRY_AFTER_SECONDS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{detail}")]
+    InvalidRequest { status: StatusCode, detail: String },
+    #[error("missing or unknown API key")]
+    Unauthorized,
+    #[error("this client lacks the {} permission", .0.as_str())]
+    Forbidden(Permission),
+    #[error("no token is stored for this user and provider")]
+    TokenNotFound,
+    #[error("the stored grant lacks some requested scopes")]
+    ScopeExpansionRequired(Vec<String>),
+    #[error("the provider no longer honours this grant; the user must consent again")]
+    ReauthorizationRequired,
+    #[error("no OAuth client is configured for this provider")]
+    ProviderNotConfigured,
+    #[error("the provider is unavailable")]
+    ProviderUnavailable { retry_after_seconds: u64 },
+    #[error("KMS is unavailable")]
+    KmsUnavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self::InvalidRequest {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest { status, .. } => *status,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) | Self::ScopeExpansionRequired(_) => StatusCode::FORBIDDEN,
+            Self::TokenNotFound => StatusCode::NOT_FOUND,
+            Self::ReauthorizationRequired => StatusCode::CONFLICT,
+            Self::ProviderNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ProviderUnavailable { .. } | Self::KmsUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable code of DESIGN §3.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest { .. } => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::TokenNotFound => "token_not_found",
+            Self::ScopeExpansionRequired(_) => "scope_expansion_required",
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::ProviderNotConfigured => "provider_not_configured",
+            Self::ProviderUnavailable { .. } => "provider_unavailable",
+            Self::KmsUnavailable(_) => "kms_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let mut body = json!({
+            "type": format!("urn:token-store:problem:{code}"),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "code": code,
+        });
+        match &self {
+            // Ours: log the cause once, answer a fixed text.
+            Self::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "request failed");
+                body["detail"] = "internal error".into();
+            }
+            Self::KmsUnavailable(err) => {
+                tracing::warn!(error = format!("{err:#}"), "KMS unavailable");
+                body["detail"] = "KMS is unavailable; retry later".into();
+            }
+            Self::ScopeExpansionRequired(missing) => {
+                body["detail"] = self.to_string().into();
+                body["missingScopes"] = json!(missing);
+            }
+            _ => body["detail"] = self.to_string().into(),
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        let retry_after = match self {
+            Self::ProviderUnavailable {
+                retry_after_seconds,
+            } => Some(retry_after_seconds),
+            Self::KmsUnavailable(_) => Some(RETRY_AFTER_SECONDS),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(err: InvalidInput) -> Self {
+        Self::invalid(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        // Keep axum's status (400, 413, 415 or 422), not its text.
+        let status = rejection.status();
+        let detail = match &rejection {
+            JsonRejection::JsonDataError(e) => describe_data_error(&e.body_text()),
+            JsonRejection::JsonSyntaxError(_) => "the body is not valid JSON".to_owned(),
+            JsonRejection::MissingJsonContentType(_) => {
+                "expected Content-Type: application/json".to_owned()
+            }
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "the body is too large".to_owned(),
+            _ => "could not read the body".to_owned(),
+        };
+        Self::invalid(status, detail)
+    }
+}
+
+/// Names the field at fault without echoing the value the caller sent (it may be a token):
+/// serde's "invalid type: string \"...\"" messages quote it.
+fn describe_data_error(text: &str) -> String {
+    let detail = text
+        .split_once("target type: ")
+        .map_or(text, |(_, rest)| rest);
+    if let Some(start) = detail.find("missing field `") {
+        let field = detail[start..].split('`').nth(1).unwrap_or("");
+        return format!("invalid body: missing field `{field}`");
+    }
+    match detail.split_once(": ") {
+        Some((path, _)) if !path.contains(' ') => {
+            format!("invalid body: `{path}` has the wrong type or value")
+        }
+        _ => "invalid body: a field has the wrong type or value".to_owned(),
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(_: PathRejection) -> Self {
+        Self::invalid(StatusCode::BAD_REQUEST, "invalid path")
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(err: VaultError) -> Self {
+        match err {
+            VaultError::NotFound => Self::TokenNotFound,
+            VaultError::Crypto(CryptoError::KmsUnavailable(e)) => Self::KmsUnavailable(e),
+            other => Self::Internal(other.into()),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! `/v1/users/{userId}/tokens/...`: store, read and delete grants.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, put};
+use axum::Router;
+use chrono::DateTime;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::extract::{Caller, Json, TokenPath, UserPath};
+use super::AppState;
+use crate::auth::Permission;
+use crate::domain::{AccessToken, RefreshToken, Scope, StoredToken, TokenSet};
+use crate::vault::to_millis;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/users/{user_id}/tokens/{provider}",
+            put(store_token).get(get_token).delete(delete_token),
+        )
+        .route("/v1/users/{user_id}/tokens", delete(delete_user_tokens))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoreTokenBody {
+    access_token: String,
+    refresh_token: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    expires_at: i64,
+    scopes: Vec<String>,
+}
+
+impl StoreTokenBody {
+    fn parse(self) -> Result<TokenSet, ApiError> {
+        let expires_at = DateTime::from_timestamp_millis(self.expires_at)
+            .filter(|_| self.expires_at > 0)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "expiresAt must be a positive time in milliseconds since the epoch",
+                )
+            })?;
+        Ok(TokenSet {
+            access_token: AccessToken::parse(self.access_token)?,
+            refresh_token: self.refresh_token.map(RefreshToken::parse).transpose()?,
+            expires_at,
+            scopes: Scope::parse_list(&self.scopes)?,
+        })
+    }
+}
+
+/// The `StoredToken` of the TypeScript callers, plus the row's status.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredTokenBody {
+    access_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<String>,
+    expires_at: i64,
+    scopes: Vec<String>,
+    provider: String,
+    status: &'static str,
+}
+
+impl From<StoredToken> for StoredTokenBody {
+    fn from(stored: StoredToken) -> Self {
+        let token = stored.token;
+        Self {
+            access_token: token.access_token.expose().to_owned(),
+            refresh_token: token.refresh_token.map(|t| t.expose().to_owned()),
+            expires_at: to_millis(token.expires_at),
+            scopes: token.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            provider: stored.provider.as_str().to_owned(),
+            status: stored.status.as_str(),
+        }
+    }
+}
+
+async fn store_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: TokenPath,
+    Json(body): Json<StoreTokenBody>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Permission::Write)?;
+    let token = body.parse()?;
+    state
+        .vault
+        .store(&path.user, &path.provider, &token)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: TokenPath,
+) -> Result<axum::Json<StoredTokenBody>, ApiError> {
+    caller.require(Permission::Read)?;
+    let with_refresh = caller.0.has(Permission::ReadRefreshToken);
+    let stored = state
+        .vault
+        .get(&path.user, &path.provider, with_refresh)
+        .await?;
+    Ok(axum::Json(stored.into()))
+}
+
+async fn delete_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: TokenPath,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Permission::Revoke)?;
+    state.vault.delete(&path.user, &path.provider).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_user_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    UserPath(user): UserPath,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Permission::Revoke)?;
+    state.vault.delete_user(&user).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

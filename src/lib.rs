@@ -1,0 +1,15 @@
+//! `token-store`: keeps third-party OAuth tokens per `(user_id, provider)`, sealed under a
+//! per-row AWS KMS data key, and serves them over HTTP. See ARCHITECTURE.md.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod vault;

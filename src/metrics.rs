@@ -1,0 +1,116 @@
+//! Prometheus metrics, one registry per [`crate::startup::Application`] so that several
+//! instances in one process (as in the tests) count apart.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_latency: HistogramVec,
+    pub kms_calls: IntCounterVec,
+    pub unwrap_cache_hits: IntCounter,
+    pub unwrap_cache_misses: IntCounter,
+    pub refreshes: IntCounterVec,
+    pub refresh_joins: IntCounter,
+    pub provider_latency: HistogramVec,
+    pub lock_wait: HistogramVec,
+    pub revocations: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("token_store".into()), None)
+            .expect("a static prefix is valid");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+            let h = HistogramVec::new(opts, labels).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        Self {
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+                &["route", "method", "status"],
+            ),
+            http_latency: histogram_vec(
+                "http_request_duration_seconds",
+                "HTTP request latency by route and method",
+                &["route", "method"],
+            ),
+            kms_calls: counter_vec(
+                "kms_requests_total",
+                "KMS calls by operation and outcome",
+                &["operation", "outcome"],
+            ),
+            unwrap_cache_hits: counter("unwrap_cache_hits_total", "Data-key unwrap cache hits"),
+            unwrap_cache_misses: counter(
+                "unwrap_cache_misses_total",
+                "Data-key unwrap cache misses (each may cost one KMS Decrypt)",
+            ),
+            refreshes: counter_vec(
+                "refreshes_total",
+                "Token refreshes by provider and outcome",
+                &["provider", "outcome"],
+            ),
+            refresh_joins: counter(
+                "refresh_single_flight_joins_total",
+                "Callers that joined a refresh already in flight in this process",
+            ),
+            provider_latency: histogram_vec(
+                "provider_request_duration_seconds",
+                "Provider token/revoke endpoint latency",
+                &["provider", "endpoint"],
+            ),
+            lock_wait: histogram_vec(
+                "refresh_lock_wait_seconds",
+                "Time spent waiting for the refresh advisory lock",
+                &["provider"],
+            ),
+            revocations: counter_vec(
+                "revocations_total",
+                "Revocations at the provider by provider and outcome",
+                &["provider", "outcome"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("Prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
