@@ -195,23 +195,31 @@ cmd_start() {
         # Python, so the pid file holds the LocalStack process itself.
         # GATEWAY_SERVER=hypercorn binds only 127.0.0.1; DNS_ADDRESS=0 disables
         # the DNS server (fails on these machines); no certificate download.
+        # OVERRIDE_IN_DOCKER=0: these machines are themselves containers
+        # (/.dockerenv), which makes LocalStack assume its own Docker image and
+        # ignore FILESYSTEM_ROOT (it would write /var/lib/localstack,
+        # /etc/localstack, /tmp/localstack and probe the Docker bridge). Forcing
+        # host mode keeps all its files under .local/localstack.
+        # shellcheck disable=SC2016  # $$, $1 and $@ belong to the inner sh
         (
             cd "${DATA_DIR}"
-            SERVICES=kms \
-            GATEWAY_LISTEN="${HOST}:${PORT}" \
-            GATEWAY_SERVER=hypercorn \
-            SKIP_SSL_CERT_DOWNLOAD=1 \
-            DISABLE_EVENTS=1 \
-            DNS_ADDRESS=0 \
-            LOCALSTACK_VOLUME_DIR="${DATA_DIR}" \
-            FILESYSTEM_ROOT="${DATA_DIR}" \
+            env \
+                OVERRIDE_IN_DOCKER=0 \
+                SERVICES=kms \
+                GATEWAY_LISTEN="${HOST}:${PORT}" \
+                GATEWAY_SERVER=hypercorn \
+                SKIP_SSL_CERT_DOWNLOAD=1 \
+                DISABLE_EVENTS=1 \
+                DNS_ADDRESS=0 \
+                LOCALSTACK_VOLUME_DIR="${DATA_DIR}" \
+                FILESYSTEM_ROOT="${DATA_DIR}" \
                 setsid nohup sh -c 'echo $$ >"$1"; shift; exec "$@"' sh \
                     "${PID_FILE}" "${VENV_DIR}/bin/python" -m localstack.runtime.main \
                     </dev/null >>"${LOG_FILE}" 2>&1 &
         )
         # Wait briefly for the pid file written by the child.
-        local i
-        for i in $(seq 1 50); do
+        local _
+        for _ in $(seq 1 50); do
             [[ -s "${PID_FILE}" ]] && break
             sleep 0.1
         done
@@ -240,8 +248,8 @@ cmd_stop() {
     fi
     log "stopping LocalStack (pid ${pid})"
     kill -TERM "${pid}" 2>/dev/null || true
-    local i
-    for i in $(seq 1 100); do   # ~10 s
+    local _
+    for _ in $(seq 1 100); do   # ~10 s
         kill -0 "${pid}" 2>/dev/null || break
         sleep 0.1
     done

@@ -1,0 +1,140 @@
+//! End to end: the real binary, `migrate` then `serve`, over real HTTP, stopped by SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{create_kms_key, kms_admin, kms_endpoint, token_body, FULL_KEY};
+
+const BIN: &str = env!("CARGO_BIN_EXE_token-store");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn empty_database() -> String {
+    use sqlx::{Connection, Executor};
+    let server = std::env::var("TOKEN_STORE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("ts_e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
+    admin.execute(format!(r#"create database "{name}""#).as_str()).await.unwrap();
+    format!("{server}/{name}")
+}
+
+#[tokio::test]
+async fn the_binary_migrates_serves_and_stops_cleanly_on_sigterm() {
+    let key_id = create_kms_key(&kms_admin().await).await;
+    let database_url = empty_database().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("token-store.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+log_format = "json"
+
+[database]
+url = "{database_url}"
+
+[kms]
+key_id = "{key_id}"
+endpoint_url = "{endpoint}"
+
+[[clients]]
+name = "e2e"
+key_sha256 = "{hash}"
+permissions = ["read", "write", "revoke", "read_refresh_token"]
+"#,
+            endpoint = kms_endpoint(),
+            hash = token_store::auth::key_hash_hex(FULL_KEY),
+        ),
+    )
+    .unwrap();
+
+    let migrate = Command::new(BIN)
+        .args(["migrate", "--config"])
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let log_path = dir.path().join("serve.log");
+    let mut serve = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stdout(std::fs::File::create(&log_path).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the service did not start");
+        assert!(serve.try_wait().unwrap().is_none(), "the service exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let url = format!("{base}/v1/users/e2e-user/tokens/google");
+    let body = token_body("e2e");
+    let put = http.put(&url).bearer_auth(FULL_KEY).json(&body).send().await.unwrap();
+    assert_eq!(put.status(), 204);
+    let got: Value = http.get(&url).bearer_auth(FULL_KEY).send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["accessToken"], body["accessToken"]);
+    assert_eq!(got["refreshToken"], body["refreshToken"]);
+    let deleted = http.delete(&url).bearer_auth(FULL_KEY).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = http.get(&url).bearer_auth(FULL_KEY).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+
+    let kill = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("shutdown signal received"), "{logs}");
+    let first: Value = serde_json::from_str(logs.lines().next().unwrap()).expect("JSON log lines");
+    assert!(first.get("level").is_some());
+    for secret in [&body["accessToken"], &body["refreshToken"]] {
+        assert!(!logs.contains(secret.as_str().unwrap()), "a token appeared in the service's logs");
+    }
+}
+
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_a_kms_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("token-store.toml");
+    std::fs::write(
+        &config_path,
+        "[database]\nurl = \"postgres://postgres@127.0.0.1:5432/postgres\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env_remove("TOKEN_STORE_KMS__KEY_ID")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no KMS key configured"), "{stderr}");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: the service against a real PostgreSQL and a real LocalStack KMS.
+
+mod auth;
+mod bad_input;
+mod binary;
+mod cache;
+mod encryption;
+mod helpers;
+mod kms_outage;
+mod proxy;
+mod secrets;
+mod tokens;

@@ -1,0 +1,44 @@
+//! No token appears in any log line, error or response it should not be in.
+
+use serde_json::json;
+
+use crate::helpers::{captured_logs, token_body, TestApp, FULL_KEY, RW_KEY};
+
+#[tokio::test]
+async fn logs_of_a_whole_session_contain_no_token() {
+    let app = TestApp::spawn().await;
+    let body = token_body("log-leak");
+    let access = body["accessToken"].as_str().unwrap().to_owned();
+    let refresh = body["refreshToken"].as_str().unwrap().to_owned();
+
+    app.put_token("alice", "google", &body).await;
+    app.get_token("alice", "google", FULL_KEY).await;
+    app.get_token("alice", "google", RW_KEY).await;
+    // A cold read through another instance, so KMS Decrypt runs and logs too.
+    app.sibling().await.get_token("alice", "google", FULL_KEY).await;
+    // Failures: tampered ciphertext (500), bad input carrying the token, an unknown key
+    // that is a token.
+    sqlx::query("update integration_tokens set refresh_token_ct = access_token_ct")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(app.get_token("alice", "google", FULL_KEY).await.status(), 500);
+    let mut bad = body.clone();
+    bad["expiresAt"] = json!(access.clone());
+    app.put_token("alice", "google", &bad).await;
+    app.get_token("alice", "google", &refresh).await;
+    app.http
+        .delete(app.token_url("alice", "google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+
+    let logs = captured_logs();
+    assert!(logs.contains("alice"), "the logs were captured");
+    assert!(logs.contains("request failed"), "the 500 was logged");
+    for secret in [&access, &refresh] {
+        assert!(!logs.contains(secret.as_str()), "a token appeared in the logs");
+    }
+    assert!(!logs.contains(FULL_KEY), "an API key appeared in the logs");
+}
