@@ -5,7 +5,12 @@ use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY, READ_KEY, RW
 #[tokio::test]
 async fn a_request_without_a_key_is_401() {
     let app = TestApp::spawn().await;
-    let response = app.http.get(app.token_url("u", "google")).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.token_url("u", "google"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     assert_problem(response, 401, "unauthorized").await;
 
@@ -59,11 +64,21 @@ async fn the_refresh_token_is_withheld_without_read_refresh_token() {
     app.put_token("u", "google", &body).await;
 
     for key in [RW_KEY, READ_KEY] {
-        let got: Value = app.get_token("u", "google", key).await.json().await.unwrap();
+        let got: Value = app
+            .get_token("u", "google", key)
+            .await
+            .json()
+            .await
+            .unwrap();
         assert_eq!(got["accessToken"], body["accessToken"]);
         assert!(got.get("refreshToken").is_none(), "{got}");
     }
-    let full: Value = app.get_token("u", "google", FULL_KEY).await.json().await.unwrap();
+    let full: Value = app
+        .get_token("u", "google", FULL_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(full["refreshToken"], body["refreshToken"]);
 }
 
@@ -71,7 +86,12 @@ async fn the_refresh_token_is_withheld_without_read_refresh_token() {
 async fn health_routes_need_no_key() {
     let app = TestApp::spawn().await;
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let response = app.http.get(format!("{}{path}", app.address)).send().await.unwrap();
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
 }

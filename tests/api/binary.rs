@@ -10,7 +10,11 @@ use crate::helpers::{create_kms_key, kms_admin, kms_endpoint, token_body, FULL_K
 const BIN: &str = env!("CARGO_BIN_EXE_token-store");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn empty_database() -> String {
@@ -18,8 +22,13 @@ async fn empty_database() -> String {
     let server = std::env::var("TOKEN_STORE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("ts_e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres")).await.unwrap();
-    admin.execute(format!(r#"create database "{name}""#).as_str()).await.unwrap();
+    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    admin
+        .execute(format!(r#"create database "{name}""#).as_str())
+        .await
+        .unwrap();
     format!("{server}/{name}")
 }
 
@@ -61,7 +70,11 @@ permissions = ["read", "write", "revoke", "read_refresh_token"]
         .arg(&config_path)
         .output()
         .unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
 
     let log_path = dir.path().join("serve.log");
     let mut serve = Command::new(BIN)
@@ -81,31 +94,62 @@ permissions = ["read", "write", "revoke", "read_refresh_token"]
                 break;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the service did not start");
-        assert!(serve.try_wait().unwrap().is_none(), "the service exited early");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the service did not start"
+        );
+        assert!(
+            serve.try_wait().unwrap().is_none(),
+            "the service exited early"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     let url = format!("{base}/v1/users/e2e-user/tokens/google");
     let body = token_body("e2e");
-    let put = http.put(&url).bearer_auth(FULL_KEY).json(&body).send().await.unwrap();
+    let put = http
+        .put(&url)
+        .bearer_auth(FULL_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 204);
-    let got: Value = http.get(&url).bearer_auth(FULL_KEY).send().await.unwrap().json().await.unwrap();
+    let got: Value = http
+        .get(&url)
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["accessToken"], body["accessToken"]);
     assert_eq!(got["refreshToken"], body["refreshToken"]);
-    let deleted = http.delete(&url).bearer_auth(FULL_KEY).send().await.unwrap();
+    let deleted = http
+        .delete(&url)
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 204);
     let gone = http.get(&url).bearer_auth(FULL_KEY).send().await.unwrap();
     assert_eq!(gone.status(), 404);
 
-    let kill = Command::new("kill").args(["-TERM", &serve.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
     assert!(kill.success());
     let stopped = Instant::now();
     let status = loop {
         if let Some(status) = serve.try_wait().unwrap() {
             break status;
         }
-        assert!(stopped.elapsed() < Duration::from_secs(15), "no exit after SIGTERM");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "no exit after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
@@ -115,7 +159,10 @@ permissions = ["read", "write", "revoke", "read_refresh_token"]
     let first: Value = serde_json::from_str(logs.lines().next().unwrap()).expect("JSON log lines");
     assert!(first.get("level").is_some());
     for secret in [&body["accessToken"], &body["refreshToken"]] {
-        assert!(!logs.contains(secret.as_str().unwrap()), "a token appeared in the service's logs");
+        assert!(
+            !logs.contains(secret.as_str().unwrap()),
+            "a token appeared in the service's logs"
+        );
     }
 }
 

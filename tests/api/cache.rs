@@ -9,7 +9,10 @@ async fn a_stored_row_reads_back_without_any_decrypt() {
     let app = TestApp::spawn().await;
     app.put_token("alice", "google", &token_body("warm")).await;
     for _ in 0..10 {
-        assert_eq!(app.get_token("alice", "google", FULL_KEY).await.status(), 200);
+        assert_eq!(
+            app.get_token("alice", "google", FULL_KEY).await.status(),
+            200
+        );
     }
     assert_eq!(app.kms_calls("GenerateDataKey").await, 1.0);
     assert_eq!(app.kms_calls("Decrypt").await, 0.0);
@@ -18,21 +21,38 @@ async fn a_stored_row_reads_back_without_any_decrypt() {
 #[tokio::test]
 async fn many_reads_of_one_row_cause_one_decrypt() {
     let writer = TestApp::spawn().await;
-    writer.put_token("alice", "google", &token_body("seq")).await;
+    writer
+        .put_token("alice", "google", &token_body("seq"))
+        .await;
     // A second instance starts with an empty cache.
     let reader = writer.sibling().await;
     for _ in 0..25 {
-        assert_eq!(reader.get_token("alice", "google", FULL_KEY).await.status(), 200);
+        assert_eq!(
+            reader.get_token("alice", "google", FULL_KEY).await.status(),
+            200
+        );
     }
     assert_eq!(reader.kms_calls("Decrypt").await, 1.0);
-    assert_eq!(reader.metric("token_store_unwrap_cache_hits_total", &[]).await, 24.0);
-    assert_eq!(reader.metric("token_store_unwrap_cache_misses_total", &[]).await, 1.0);
+    assert_eq!(
+        reader
+            .metric("token_store_unwrap_cache_hits_total", &[])
+            .await,
+        24.0
+    );
+    assert_eq!(
+        reader
+            .metric("token_store_unwrap_cache_misses_total", &[])
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
 async fn many_concurrent_cold_reads_of_one_row_cause_one_decrypt() {
     let writer = TestApp::spawn().await;
-    writer.put_token("alice", "google", &token_body("cold")).await;
+    writer
+        .put_token("alice", "google", &token_body("cold"))
+        .await;
     let reader = writer.sibling().await;
 
     let reads = (0..50).map(|_| reader.get_token("alice", "google", FULL_KEY));
@@ -51,7 +71,10 @@ async fn distinct_rows_each_cost_one_decrypt() {
     let reader = writer.sibling().await;
     for _ in 0..3 {
         for user in ["a", "b", "c"] {
-            assert_eq!(reader.get_token(user, "google", FULL_KEY).await.status(), 200);
+            assert_eq!(
+                reader.get_token(user, "google", FULL_KEY).await.status(),
+                200
+            );
         }
     }
     assert_eq!(reader.kms_calls("Decrypt").await, 3.0);

@@ -28,20 +28,31 @@ async fn no_column_holds_a_token_as_text_or_bytes() {
     let text: String = row.get("row_text");
     assert!(text.contains("user-1"), "the query read the row");
     for secret in [access, refresh] {
-        assert!(!text.contains(secret), "plaintext token found in the row text");
-        assert!(!text.contains(&hex::encode(secret)), "hex of a token found in the row text");
+        assert!(
+            !text.contains(secret),
+            "plaintext token found in the row text"
+        );
+        assert!(
+            !text.contains(&hex::encode(secret)),
+            "hex of a token found in the row text"
+        );
     }
 
     // And the raw bytes of every bytea column.
-    let row = sqlx::query("select wrapped_data_key, access_token_ct, refresh_token_ct from integration_tokens")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
+    let row = sqlx::query(
+        "select wrapped_data_key, access_token_ct, refresh_token_ct from integration_tokens",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
     for column in ["wrapped_data_key", "access_token_ct", "refresh_token_ct"] {
         let bytes: Vec<u8> = row.get(column);
         assert!(!bytes.is_empty());
         for secret in [access, refresh] {
-            assert!(!contains(&bytes, secret.as_bytes()), "{column} holds a token");
+            assert!(
+                !contains(&bytes, secret.as_bytes()),
+                "{column} holds a token"
+            );
         }
     }
     let access_ct: Vec<u8> = row.get("access_token_ct");
@@ -63,7 +74,12 @@ async fn copy_column(app: &TestApp, column: &str, from: (&str, &str), to: (&str,
     .unwrap();
 }
 
-async fn assert_read_fails_without_leaking(app: &TestApp, user: &str, provider: &str, secrets: &[&str]) {
+async fn assert_read_fails_without_leaking(
+    app: &TestApp,
+    user: &str,
+    provider: &str,
+    secrets: &[&str],
+) {
     let response = app.get_token(user, provider, FULL_KEY).await;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
@@ -83,12 +99,24 @@ async fn a_ciphertext_copied_to_another_row_fails_to_open() {
     app.put_token("alice", "google", &a).await;
     app.put_token("bob", "google", &b).await;
 
-    copy_column(&app, "access_token_ct", ("alice", "google"), ("bob", "google")).await;
+    copy_column(
+        &app,
+        "access_token_ct",
+        ("alice", "google"),
+        ("bob", "google"),
+    )
+    .await;
 
-    let secrets = [a["accessToken"].as_str().unwrap(), b["accessToken"].as_str().unwrap()];
+    let secrets = [
+        a["accessToken"].as_str().unwrap(),
+        b["accessToken"].as_str().unwrap(),
+    ];
     assert_read_fails_without_leaking(&app, "bob", "google", &secrets).await;
     // The source row still reads.
-    assert_eq!(app.get_token("alice", "google", FULL_KEY).await.status(), 200);
+    assert_eq!(
+        app.get_token("alice", "google", FULL_KEY).await.status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -100,7 +128,10 @@ async fn a_ciphertext_copied_to_another_field_fails_to_open() {
         .execute(&app.db)
         .await
         .unwrap();
-    let secrets = [a["accessToken"].as_str().unwrap(), a["refreshToken"].as_str().unwrap()];
+    let secrets = [
+        a["accessToken"].as_str().unwrap(),
+        a["refreshToken"].as_str().unwrap(),
+    ];
     assert_read_fails_without_leaking(&app, "alice", "google", &secrets).await;
 }
 
@@ -115,9 +146,19 @@ async fn a_whole_envelope_copied_to_another_row_is_refused_by_kms() {
     }
     // A fresh instance, so the key is not in any cache and KMS must unwrap it.
     let cold = app.sibling().await;
-    assert_read_fails_without_leaking(&cold, "bob", "google", &[a["accessToken"].as_str().unwrap()]).await;
+    assert_read_fails_without_leaking(
+        &cold,
+        "bob",
+        "google",
+        &[a["accessToken"].as_str().unwrap()],
+    )
+    .await;
     assert_eq!(
-        cold.metric("token_store_kms_requests_total", &[("operation", "Decrypt"), ("outcome", "refused")]).await,
+        cold.metric(
+            "token_store_kms_requests_total",
+            &[("operation", "Decrypt"), ("outcome", "refused")]
+        )
+        .await,
         1.0
     );
 }
@@ -156,7 +197,10 @@ async fn a_wrapped_key_decrypts_only_under_its_own_rows_context() {
         None,
     ] {
         let err = decrypt(other).await.unwrap_err();
-        let code = err.as_service_error().and_then(|e| aws_sdk_kms::error::ProvideErrorMetadata::code(e)).map(str::to_owned);
+        let code = err
+            .as_service_error()
+            .and_then(|e| aws_sdk_kms::error::ProvideErrorMetadata::code(e))
+            .map(str::to_owned);
         assert_eq!(code.as_deref(), Some("InvalidCiphertextException"));
     }
 }
@@ -176,7 +220,10 @@ async fn every_store_gets_its_own_data_key() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 2);
-    assert!(!keys.contains(&first), "a new store must get a new data key");
+    assert!(
+        !keys.contains(&first),
+        "a new store must get a new data key"
+    );
     assert_ne!(keys[0], keys[1]);
     assert_eq!(app.kms_calls("GenerateDataKey").await, 3.0);
 }

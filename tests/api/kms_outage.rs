@@ -16,7 +16,10 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     let app = TestApp::spawn_with(config(&create_database().await, &key_id, &proxy.url())).await;
 
     let cached = token_body("cached");
-    assert_eq!(app.put_token("alice", "google", &cached).await.status(), 204);
+    assert_eq!(
+        app.put_token("alice", "google", &cached).await.status(),
+        204
+    );
     let version_before: i64 = sqlx::query_scalar("select version from integration_tokens")
         .fetch_one(&app.db)
         .await
@@ -32,7 +35,9 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     assert_eq!(app.row_count().await, 1);
 
     // Replacing an existing row: 503, and the row is untouched.
-    let response = app.put_token("alice", "google", &token_body("replacement")).await;
+    let response = app
+        .put_token("alice", "google", &token_body("replacement"))
+        .await;
     assert_problem(response, 503, "kms_unavailable").await;
     let version_after: i64 = sqlx::query_scalar("select version from integration_tokens")
         .fetch_one(&app.db)
@@ -47,7 +52,12 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     assert_eq!(got["accessToken"], cached["accessToken"]);
 
     // Readiness says so.
-    let ready = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
 
     proxy.up().await;
@@ -55,7 +65,12 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     let response = app.put_token("bob", "google", &token_body("after")).await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.row_count().await, 2);
-    let ready = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
 }
 
@@ -65,7 +80,9 @@ async fn a_cold_read_while_kms_is_unreachable_is_503_kms_unavailable() {
     let key_id = create_kms_key(&kms).await;
     let database_url = create_database().await;
     let writer = TestApp::spawn_with(config(&database_url, &key_id, &kms_endpoint())).await;
-    writer.put_token("alice", "google", &token_body("cold")).await;
+    writer
+        .put_token("alice", "google", &token_body("cold"))
+        .await;
 
     let proxy = Proxy::start(&kms_endpoint()).await;
     proxy.down();
@@ -77,8 +94,15 @@ async fn a_cold_read_while_kms_is_unreachable_is_503_kms_unavailable() {
 #[tokio::test]
 async fn a_disabled_key_refuses_writes_with_kms_unavailable() {
     let app = TestApp::spawn().await;
-    app.kms.disable_key().key_id(&app.key_id).send().await.unwrap();
-    let response = app.put_token("alice", "google", &token_body("disabled")).await;
+    app.kms
+        .disable_key()
+        .key_id(&app.key_id)
+        .send()
+        .await
+        .unwrap();
+    let response = app
+        .put_token("alice", "google", &token_body("disabled"))
+        .await;
     assert_problem(response, 503, "kms_unavailable").await;
     assert_eq!(app.row_count().await, 0);
 }

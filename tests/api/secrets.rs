@@ -15,14 +15,20 @@ async fn logs_of_a_whole_session_contain_no_token() {
     app.get_token("alice", "google", FULL_KEY).await;
     app.get_token("alice", "google", RW_KEY).await;
     // A cold read through another instance, so KMS Decrypt runs and logs too.
-    app.sibling().await.get_token("alice", "google", FULL_KEY).await;
+    app.sibling()
+        .await
+        .get_token("alice", "google", FULL_KEY)
+        .await;
     // Failures: tampered ciphertext (500), bad input carrying the token, an unknown key
     // that is a token.
     sqlx::query("update integration_tokens set refresh_token_ct = access_token_ct")
         .execute(&app.db)
         .await
         .unwrap();
-    assert_eq!(app.get_token("alice", "google", FULL_KEY).await.status(), 500);
+    assert_eq!(
+        app.get_token("alice", "google", FULL_KEY).await.status(),
+        500
+    );
     let mut bad = body.clone();
     bad["expiresAt"] = json!(access.clone());
     app.put_token("alice", "google", &bad).await;
@@ -38,7 +44,10 @@ async fn logs_of_a_whole_session_contain_no_token() {
     assert!(logs.contains("alice"), "the logs were captured");
     assert!(logs.contains("request failed"), "the 500 was logged");
     for secret in [&access, &refresh] {
-        assert!(!logs.contains(secret.as_str()), "a token appeared in the logs");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a token appeared in the logs"
+        );
     }
     assert!(!logs.contains(FULL_KEY), "an API key appeared in the logs");
 }

@@ -24,11 +24,20 @@ async fn put_then_get_returns_what_was_stored() {
 #[tokio::test]
 async fn put_replaces_the_stored_token() {
     let app = TestApp::spawn().await;
-    app.put_token("user-1", "google", &token_body("first")).await;
+    app.put_token("user-1", "google", &token_body("first"))
+        .await;
     let second = token_body("second");
-    assert_eq!(app.put_token("user-1", "google", &second).await.status(), 204);
+    assert_eq!(
+        app.put_token("user-1", "google", &second).await.status(),
+        204
+    );
 
-    let got: Value = app.get_token("user-1", "google", FULL_KEY).await.json().await.unwrap();
+    let got: Value = app
+        .get_token("user-1", "google", FULL_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["accessToken"], second["accessToken"]);
     assert_eq!(app.row_count().await, 1);
     let version: i64 = sqlx::query_scalar("select version from integration_tokens")
@@ -44,7 +53,12 @@ async fn a_token_without_refresh_token_reads_back_without_one() {
     let mut body = token_body("no-refresh");
     body.as_object_mut().unwrap().remove("refreshToken");
     assert_eq!(app.put_token("u", "google", &body).await.status(), 204);
-    let got: Value = app.get_token("u", "google", FULL_KEY).await.json().await.unwrap();
+    let got: Value = app
+        .get_token("u", "google", FULL_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["accessToken"], body["accessToken"]);
     assert!(got.get("refreshToken").is_none(), "{got}");
 }
@@ -76,8 +90,16 @@ async fn delete_removes_one_token_and_delete_all_erases_the_user() {
         .await
         .unwrap();
     assert_eq!(deleted.status().as_u16(), 204);
-    assert_problem(app.get_token("u1", "google", FULL_KEY).await, 404, "token_not_found").await;
-    assert_eq!(app.get_token("u1", "microsoft", FULL_KEY).await.status(), 200);
+    assert_problem(
+        app.get_token("u1", "google", FULL_KEY).await,
+        404,
+        "token_not_found",
+    )
+    .await;
+    assert_eq!(
+        app.get_token("u1", "microsoft", FULL_KEY).await.status(),
+        200
+    );
 
     let erased = app
         .http
@@ -97,9 +119,19 @@ async fn delete_removes_one_token_and_delete_all_erases_the_user() {
 #[tokio::test]
 async fn health_and_readiness_answer() {
     let app = TestApp::spawn().await;
-    let health = app.http.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["database"], "ok");
@@ -109,8 +141,18 @@ async fn health_and_readiness_answer() {
 #[tokio::test]
 async fn readiness_fails_when_the_kms_key_is_disabled() {
     let app = TestApp::spawn().await;
-    app.kms.disable_key().key_id(&app.key_id).send().await.unwrap();
-    let ready = app.http.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    app.kms
+        .disable_key()
+        .key_id(&app.key_id)
+        .send()
+        .await
+        .unwrap();
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["kms"], "unavailable");
@@ -125,10 +167,16 @@ async fn requests_are_counted_by_route_and_status() {
     app.get_token("nobody", "google", FULL_KEY).await;
     let route = "/v1/users/{user_id}/tokens/{provider}";
     let ok = app
-        .metric("token_store_http_requests_total", &[("route", route), ("method", "GET"), ("status", "200")])
+        .metric(
+            "token_store_http_requests_total",
+            &[("route", route), ("method", "GET"), ("status", "200")],
+        )
         .await;
     let not_found = app
-        .metric("token_store_http_requests_total", &[("route", route), ("method", "GET"), ("status", "404")])
+        .metric(
+            "token_store_http_requests_total",
+            &[("route", route), ("method", "GET"), ("status", "404")],
+        )
         .await;
     assert_eq!((ok, not_found), (1.0, 1.0));
 }

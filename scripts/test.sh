@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on this machine: starts PostgreSQL if none runs, starts
+# LocalStack KMS (installed pinned), then formatting, lints and every test.
+# Idempotent; `.ci/run` calls exactly this.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+NEXTEST_VERSION="0.9.143"
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+scripts/postgres.sh ensure
+scripts/localstack.sh start
+eval "$(scripts/localstack.sh env)"
+export TOKEN_STORE_TEST_DATABASE_URL="${TOKEN_STORE_TEST_DATABASE_URL:-postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest $NEXTEST_VERSION"
+  cargo install --locked "cargo-nextest@$NEXTEST_VERSION"
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+log "cargo nextest run"
+cargo nextest run --locked --no-fail-fast
