@@ -13,7 +13,7 @@ cd "$ROOT"
 CONFIG="${TOKEN_STORE_CONFIG:-localstack/token-store.toml}"
 PID_FILE=".local/token-store.pid"
 LOG_FILE=".local/token-store.log"
-BIN="target/release/token-store"
+BIN="${CARGO_TARGET_DIR:-target}/release/token-store"
 
 log() { printf '[run] %s\n' "$*" >&2; }
 
