@@ -1,6 +1,7 @@
 //! Configuration: a TOML file, overridden by `TOKEN_STORE_*` environment variables
 //! (`TOKEN_STORE_DATABASE__URL` overrides `[database] url`: sections and keys joined by `__`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::auth::{Client, Permission};
+use crate::providers::ProviderSettings;
+use crate::refresh::RefreshSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +24,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub kms: KmsConfig,
+    #[serde(default)]
+    pub refresh: RefreshConfig,
+    #[serde(default)]
+    pub providers: HashMap<String, ProviderSettings>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
 }
@@ -64,6 +71,14 @@ pub struct DatabaseConfig {
     /// Run the migrations at start (as `token-store migrate` does).
     #[serde(default)]
     pub migrate_on_start: bool,
+    /// Connections of the separate pool that holds refresh locks, so a slow provider never
+    /// drains the request pool.
+    #[serde(default = "default_lock_pool_connections")]
+    pub lock_pool_connections: u32,
+}
+
+fn default_lock_pool_connections() -> u32 {
+    4
 }
 
 fn default_max_connections() -> u32 {
@@ -103,6 +118,58 @@ impl Default for KmsConfig {
 impl KmsConfig {
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.cache_ttl_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RefreshConfig {
+    /// Refresh a token that expires within this many seconds before handing it out.
+    pub buffer_seconds: u64,
+    /// Longest wait for a pair's refresh lock (ms).
+    pub lock_timeout_ms: u64,
+    /// Time limit of one provider call (ms); must be shorter than `lock_timeout_ms`.
+    pub provider_timeout_ms: u64,
+    /// Re-seal refreshed tokens under the row's data key while it is younger than this.
+    pub data_key_max_age_seconds: u64,
+    /// Cool-down after a transient provider failure, doubling per failure up to the max.
+    pub cooldown_base_seconds: u64,
+    pub cooldown_max_seconds: u64,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        Self {
+            buffer_seconds: 300,
+            lock_timeout_ms: 15_000,
+            provider_timeout_ms: 10_000,
+            data_key_max_age_seconds: 24 * 3600,
+            cooldown_base_seconds: 5,
+            cooldown_max_seconds: 300,
+        }
+    }
+}
+
+impl RefreshConfig {
+    pub fn settings(&self) -> anyhow::Result<RefreshSettings> {
+        if self.provider_timeout_ms >= self.lock_timeout_ms {
+            bail!(
+                "refresh.provider_timeout_ms ({}) must be shorter than refresh.lock_timeout_ms ({})",
+                self.provider_timeout_ms,
+                self.lock_timeout_ms
+            );
+        }
+        Ok(RefreshSettings {
+            buffer: Duration::from_secs(self.buffer_seconds),
+            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
+            data_key_max_age: Duration::from_secs(self.data_key_max_age_seconds),
+            cooldown_base: Duration::from_secs(self.cooldown_base_seconds),
+            cooldown_max: Duration::from_secs(self.cooldown_max_seconds),
+        })
+    }
+
+    pub fn provider_timeout(&self) -> Duration {
+        Duration::from_millis(self.provider_timeout_ms)
     }
 }
 

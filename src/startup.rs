@@ -19,6 +19,8 @@ use crate::config::{Config, DatabaseConfig, KmsConfig};
 use crate::crypto::{CacheSettings, Envelope};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::providers::Providers;
+use crate::refresh::Refresher;
 use crate::store;
 use crate::vault::Vault;
 
@@ -34,12 +36,23 @@ impl Application {
     /// Refuses to build without a KMS key.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let key_id = config.kms_key_id()?.to_owned();
+        let refresh_settings = config.refresh.settings()?;
         let clients = config.clients()?;
         if clients.is_empty() {
             tracing::warn!("no clients configured: every API call will answer 401");
         }
         let metrics = Metrics::new();
+        let providers = Providers::from_settings(
+            &config.providers,
+            config.refresh.provider_timeout(),
+            &metrics,
+        )?;
         let db = connect(&config.database).await?;
+        let lock_pool = PgPoolOptions::new()
+            .max_connections(config.database.lock_pool_connections)
+            .acquire_timeout(refresh_settings.lock_timeout)
+            .connect_lazy(config.database.url.expose_secret())
+            .context("configuring the lock pool")?;
         if config.database.migrate_on_start {
             store::migrate(&db).await.context("running migrations")?;
         }
@@ -52,8 +65,18 @@ impl Application {
             },
             metrics.clone(),
         );
+        let vault = Vault::new(db, envelope);
+        let refresher = Refresher::new(
+            vault.clone(),
+            lock_pool.clone(),
+            providers.clone(),
+            refresh_settings,
+            metrics.clone(),
+        );
         let state = AppState {
-            vault: Vault::new(db, envelope),
+            vault,
+            refresher,
+            providers,
             auth: Arc::new(Authenticator::new(clients)),
             metrics,
         };

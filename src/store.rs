@@ -151,3 +151,144 @@ pub async fn ping(db: &PgPool) -> sqlx::Result<()> {
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(db).await
 }
+
+/// Takes the transaction-scoped advisory lock of a pair, waiting at most `lock_timeout`.
+/// The lock is released when the transaction ends, or when its connection dies.
+pub async fn lock_pair(
+    tx: &mut sqlx::PgConnection,
+    user_id: &str,
+    provider: &str,
+    lock_timeout: std::time::Duration,
+) -> sqlx::Result<()> {
+    // `set local` takes no bind parameters; set_config(..., true) is its parameterised form.
+    sqlx::query("select set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", lock_timeout.as_millis()))
+        .execute(&mut *tx)
+        .await?;
+    // One 64-bit key per pair; a hash collision only serialises two pairs' refreshes.
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+        .bind(provider)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// `true` if the error is PostgreSQL giving up on a lock (`lock_timeout`).
+pub fn is_lock_timeout(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "55P03")
+}
+
+/// The sealed result of a refresh.
+pub struct RefreshedRow<'a> {
+    pub kms_key_id: &'a str,
+    pub wrapped_data_key: &'a [u8],
+    pub data_key_created_at: DateTime<Utc>,
+    pub access_token_ct: &'a [u8],
+    pub refresh_token_ct: Option<&'a [u8]>,
+    pub expires_at: DateTime<Utc>,
+    pub scopes: &'a [String],
+}
+
+/// Writes a refresh's result if the row is still at `version`; `false` if it moved on.
+pub async fn write_refreshed(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    provider: &str,
+    version: i64,
+    row: &RefreshedRow<'_>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"
+        update integration_tokens set
+            kms_key_id = $4,
+            wrapped_data_key = $5,
+            data_key_created_at = $6,
+            access_token_ct = $7,
+            refresh_token_ct = $8,
+            expires_at = $9,
+            scopes = $10,
+            version = version + 1,
+            last_refresh_at = now(),
+            refresh_failure_count = 0,
+            last_refresh_error = null,
+            refresh_retry_after = null,
+            updated_at = now()
+        where user_id = $1 and provider = $2 and version = $3
+        "#,
+    )
+    .bind(user_id)
+    .bind(provider)
+    .bind(version)
+    .bind(row.kms_key_id)
+    .bind(row.wrapped_data_key)
+    .bind(row.data_key_created_at)
+    .bind(row.access_token_ct)
+    .bind(row.refresh_token_ct)
+    .bind(row.expires_at)
+    .bind(row.scopes)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks the grant dead, but only while the refresh token that failed is still the stored
+/// one: a grant refreshed or replaced meanwhile is left alone. `true` if marked.
+pub async fn mark_reauthorization_required(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    provider: &str,
+    failed_refresh_token_ct: &[u8],
+    error_code: &str,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"
+        update integration_tokens set
+            status = 'reauthorization_required',
+            version = version + 1,
+            refresh_failure_count = refresh_failure_count + 1,
+            last_refresh_error = $4,
+            updated_at = now()
+        where user_id = $1 and provider = $2 and refresh_token_ct = $3
+        "#,
+    )
+    .bind(user_id)
+    .bind(provider)
+    .bind(failed_refresh_token_ct)
+    .bind(error_code)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Counts a transient failure and starts a cool-down, if the row is still at `version`.
+pub async fn record_transient_failure(
+    db: impl PgExecutor<'_>,
+    user_id: &str,
+    provider: &str,
+    version: i64,
+    error_code: &str,
+    retry_after: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"
+        update integration_tokens set
+            version = version + 1,
+            refresh_failure_count = refresh_failure_count + 1,
+            last_refresh_error = $4,
+            refresh_retry_after = $5,
+            updated_at = now()
+        where user_id = $1 and provider = $2 and version = $3
+        "#,
+    )
+    .bind(user_id)
+    .bind(provider)
+    .bind(version)
+    .bind(error_code)
+    .bind(retry_after)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

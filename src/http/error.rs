@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::auth::Permission;
 use crate::crypto::CryptoError;
 use crate::domain::InvalidInput;
+use crate::refresh::RefreshError;
 use crate::vault::VaultError;
 
 /// Seconds a client should wait before retrying a 503 of ours.
@@ -171,6 +172,23 @@ fn describe_data_error(text: &str) -> String {
 impl From<PathRejection> for ApiError {
     fn from(_: PathRejection) -> Self {
         Self::invalid(StatusCode::BAD_REQUEST, "invalid path")
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(err: RefreshError) -> Self {
+        match err {
+            RefreshError::NotFound => Self::TokenNotFound,
+            RefreshError::ReauthorizationRequired => Self::ReauthorizationRequired,
+            RefreshError::ScopeExpansionRequired(missing) => Self::ScopeExpansionRequired(missing),
+            RefreshError::ProviderNotConfigured => Self::ProviderNotConfigured,
+            RefreshError::ProviderUnavailable { retry_after } => Self::ProviderUnavailable {
+                // Round up: "retry in 0 s" would invite a hot loop.
+                retry_after_seconds: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            },
+            RefreshError::KmsUnavailable(e) => Self::KmsUnavailable(anyhow::anyhow!("{e:#}")),
+            RefreshError::Unexpected(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
+        }
     }
 }
 

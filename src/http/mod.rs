@@ -23,6 +23,8 @@ pub use error::ApiError;
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
+use crate::providers::Providers;
+use crate::refresh::Refresher;
 use crate::vault::Vault;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,6 +33,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct AppState {
     pub vault: Vault,
+    pub refresher: Refresher,
+    pub providers: Providers,
     pub auth: Arc<Authenticator>,
     pub metrics: Metrics,
 }

@@ -2,16 +2,19 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, put};
+use axum::routing::{delete, post, put};
 use axum::Router;
+use std::time::Duration;
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::extract::{Caller, Json, TokenPath, UserPath};
+use super::extract::{Caller, Json, OptionalJson, TokenPath, UserPath};
 use super::AppState;
 use crate::auth::Permission;
 use crate::domain::{AccessToken, RefreshToken, Scope, StoredToken, TokenSet};
+use crate::refresh::AccessGrant;
+use crate::revoke;
 use crate::vault::to_millis;
 
 pub fn router() -> Router<AppState> {
@@ -20,6 +23,11 @@ pub fn router() -> Router<AppState> {
             "/v1/users/{user_id}/tokens/{provider}",
             put(store_token).get(get_token).delete(delete_token),
         )
+        .route(
+            "/v1/users/{user_id}/tokens/{provider}/access-token",
+            post(access_token),
+        )
+        .route("/v1/users/{user_id}/tokens/{provider}/refresh", post(force_refresh))
         .route("/v1/users/{user_id}/tokens", delete(delete_user_tokens))
 }
 
@@ -79,6 +87,72 @@ impl From<StoredToken> for StoredTokenBody {
     }
 }
 
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AccessTokenBody {
+    scopes: Option<Vec<String>>,
+    min_validity_seconds: Option<u32>,
+}
+
+/// `{accessToken, expiresAt, scopes, tokenType}`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessTokenResponse {
+    access_token: String,
+    expires_at: i64,
+    scopes: Vec<String>,
+    token_type: &'static str,
+}
+
+impl From<AccessGrant> for AccessTokenResponse {
+    fn from(grant: AccessGrant) -> Self {
+        Self {
+            access_token: grant.access_token.expose().to_owned(),
+            expires_at: to_millis(grant.expires_at),
+            scopes: grant.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            token_type: "Bearer",
+        }
+    }
+}
+
+/// Longest validity a caller may ask for: a day.
+const MAX_MIN_VALIDITY_SECONDS: u32 = 24 * 3600;
+
+async fn access_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: TokenPath,
+    OptionalJson(body): OptionalJson<AccessTokenBody>,
+) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
+    caller.require(Permission::Read)?;
+    let body = body.unwrap_or_default();
+    let scopes = Scope::parse_list(body.scopes.as_deref().unwrap_or_default())?;
+    let min_validity = match body.min_validity_seconds {
+        Some(s) if s > MAX_MIN_VALIDITY_SECONDS => {
+            return Err(ApiError::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "minValiditySeconds must be at most 86400",
+            ))
+        }
+        s => s.map(|s| Duration::from_secs(s.into())),
+    };
+    let grant = state
+        .refresher
+        .access_token(&path.user, &path.provider, &scopes, min_validity)
+        .await?;
+    Ok(axum::Json(grant.into()))
+}
+
+async fn force_refresh(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: TokenPath,
+) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
+    caller.require(Permission::Refresh)?;
+    let grant = state.refresher.force_refresh(&path.user, &path.provider).await?;
+    Ok(axum::Json(grant.into()))
+}
+
 async fn store_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,7 +188,8 @@ async fn delete_token(
     path: TokenPath,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Permission::Revoke)?;
-    state.vault.delete(&path.user, &path.provider).await?;
+    revoke::revoke_and_delete(&state.vault, &state.providers, &state.metrics, &path.user, &path.provider)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -124,6 +199,6 @@ async fn delete_user_tokens(
     UserPath(user): UserPath,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Permission::Revoke)?;
-    state.vault.delete_user(&user).await?;
+    revoke::revoke_and_delete_user(&state.vault, &state.providers, &state.metrics, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

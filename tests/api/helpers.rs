@@ -9,7 +9,9 @@ use aws_sdk_kms::types::KeySpec;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use token_store::auth::key_hash_hex;
-use token_store::config::{ClientConfig, Config, DatabaseConfig, KmsConfig, ServerConfig};
+use token_store::config::{
+    ClientConfig, Config, DatabaseConfig, KmsConfig, RefreshConfig, ServerConfig,
+};
 use token_store::startup::Application;
 use tokio::sync::oneshot;
 
@@ -139,6 +141,7 @@ pub fn config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Config {
             max_connections: 10,
             acquire_timeout_ms: 3_000,
             migrate_on_start: false,
+            lock_pool_connections: 4,
         },
         kms: KmsConfig {
             key_id: Some(key_id.to_owned()),
@@ -146,6 +149,13 @@ pub fn config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Config {
             timeout_ms: 2_000,
             ..KmsConfig::default()
         },
+        refresh: RefreshConfig {
+            lock_timeout_ms: 5_000,
+            provider_timeout_ms: 2_000,
+            cooldown_base_seconds: 30,
+            ..RefreshConfig::default()
+        },
+        providers: Default::default(),
         clients: clients(),
     }
 }
@@ -171,7 +181,21 @@ impl TestApp {
 
     /// Another instance (own pools, own cache) on the same database and key.
     pub async fn sibling(&self) -> Self {
-        Self::spawn_with(config(&self.database_url, &self.key_id, &kms_endpoint())).await
+        Self::spawn_with(self.config()).await
+    }
+
+    /// The configuration this instance was built with (providers aside).
+    pub fn config(&self) -> Config {
+        config(&self.database_url, &self.key_id, &kms_endpoint())
+    }
+
+    /// A new database and KMS key, served with `google` pointing at `provider`.
+    pub async fn spawn_with_provider(provider: &crate::provider::FakeProvider) -> Self {
+        let kms = kms_admin().await;
+        let key_id = create_kms_key(&kms).await;
+        let mut config = config(&create_database().await, &key_id, &kms_endpoint());
+        config.providers.insert("google".into(), provider.settings());
+        Self::spawn_with(config).await
     }
 
     pub async fn spawn_with(config: Config) -> Self {

@@ -7,6 +7,8 @@ mod cache;
 mod encryption;
 mod helpers;
 mod kms_outage;
+mod provider;
 mod proxy;
+mod refresh;
 mod secrets;
 mod tokens;

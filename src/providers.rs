@@ -1,0 +1,484 @@
+//! OAuth providers: where to refresh and revoke a grant, and how to authenticate there.
+//!
+//! A provider is data ([`ProviderSettings`]) plus the small [`Provider`] trait. One
+//! implementation, [`OAuth2Provider`], speaks RFC 6749 (refresh grant) and RFC 7009
+//! (revocation); `google` is that implementation with Google's endpoints as defaults and its
+//! `error_subtype` parsed. Microsoft and others are configured as `kind = "oauth2"`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use futures::future::BoxFuture;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::domain::{AccessToken, ProviderName, RefreshToken, Scope};
+use crate::metrics::Metrics;
+
+pub const GOOGLE_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
+pub const GOOGLE_REVOKE_ENDPOINT: &str = "https://oauth2.googleapis.com/revoke";
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (Google's default).
+    ClientSecretPost,
+    /// HTTP Basic with the form-encoded id and secret.
+    ClientSecretBasic,
+}
+
+/// One provider's configuration.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// `google` (Google's defaults) or `oauth2` (endpoints required).
+    #[serde(default)]
+    pub kind: Option<ProviderKind>,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub token_endpoint: Option<String>,
+    pub revoke_endpoint: Option<String>,
+    pub client_auth: Option<ClientAuth>,
+    /// The provider issues a new refresh token on every refresh (Microsoft does).
+    #[serde(default)]
+    pub rotates_refresh_tokens: bool,
+}
+
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[REDACTED]")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("revoke_endpoint", &self.revoke_endpoint)
+            .field("client_auth", &self.client_auth)
+            .field("rotates_refresh_tokens", &self.rotates_refresh_tokens)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Google,
+    Oauth2,
+}
+
+/// What a successful refresh returned.
+#[derive(Debug)]
+pub struct Refreshed {
+    pub access_token: AccessToken,
+    /// `None`: the provider kept the old refresh token.
+    pub refresh_token: Option<RefreshToken>,
+    pub expires_in: Duration,
+    /// `None`: the provider did not say; the grant's scopes are unchanged.
+    pub scopes: Option<Vec<Scope>>,
+}
+
+/// A refresh or revocation that did not succeed, classified.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// The grant is dead (`invalid_grant`, `invalid_client`, `unauthorized_client`): only
+    /// the user's consent brings it back.
+    #[error("the provider rejected the grant ({error})")]
+    Terminal { error: String },
+    /// 5xx, 429, timeout or network failure: try again later.
+    #[error("the provider is unavailable ({reason})")]
+    Transient {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// Anything else the provider said (another OAuth error, a malformed response).
+    #[error("unexpected provider response ({reason})")]
+    Unexpected { reason: String },
+}
+
+impl ProviderError {
+    /// A short, secret-free code for bookkeeping and metrics.
+    pub fn code(&self) -> String {
+        match self {
+            Self::Terminal { error } => error.clone(),
+            Self::Transient { reason, .. } | Self::Unexpected { reason } => reason.clone(),
+        }
+    }
+}
+
+/// The two things a provider does for us.
+pub trait Provider: Send + Sync {
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<Refreshed, ProviderError>>;
+
+    /// Revokes a token (RFC 7009). `Ok(false)` when the provider has no revocation endpoint.
+    fn revoke<'a>(
+        &'a self,
+        token: &'a str,
+        hint: &'static str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>>;
+}
+
+/// The configured providers by name.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_name: HashMap<String, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// Builds every configured provider with one shared HTTP client.
+    pub fn from_settings(
+        settings: &HashMap<String, ProviderSettings>,
+        timeout: Duration,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("token-store/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        for (name, s) in settings {
+            let name = ProviderName::parse(name)
+                .map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?;
+            let provider = OAuth2Provider::new(name.clone(), s, http.clone(), metrics.clone())?;
+            by_name.insert(name.as_str().to_owned(), Arc::new(provider));
+        }
+        Ok(Self { by_name })
+    }
+
+    pub fn get(&self, name: &ProviderName) -> Option<Arc<dyn Provider>> {
+        self.by_name.get(name.as_str()).cloned()
+    }
+}
+
+/// RFC 6749 refresh and RFC 7009 revocation over HTTPS (or HTTP on loopback in tests).
+pub struct OAuth2Provider {
+    name: ProviderName,
+    kind: ProviderKind,
+    client_id: String,
+    client_secret: SecretString,
+    token_endpoint: String,
+    revoke_endpoint: Option<String>,
+    client_auth: ClientAuth,
+    rotates_refresh_tokens: bool,
+    http: reqwest::Client,
+    metrics: Metrics,
+}
+
+impl OAuth2Provider {
+    pub fn new(
+        name: ProviderName,
+        s: &ProviderSettings,
+        http: reqwest::Client,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let kind = s.kind.unwrap_or(if name.as_str() == "google" {
+            ProviderKind::Google
+        } else {
+            ProviderKind::Oauth2
+        });
+        let (token_endpoint, revoke_endpoint) = match kind {
+            ProviderKind::Google => (
+                s.token_endpoint
+                    .clone()
+                    .unwrap_or_else(|| GOOGLE_TOKEN_ENDPOINT.to_owned()),
+                Some(
+                    s.revoke_endpoint
+                        .clone()
+                        .unwrap_or_else(|| GOOGLE_REVOKE_ENDPOINT.to_owned()),
+                ),
+            ),
+            ProviderKind::Oauth2 => (
+                s.token_endpoint.clone().ok_or_else(|| {
+                    anyhow::anyhow!("provider {name}: token_endpoint is required for kind oauth2")
+                })?,
+                s.revoke_endpoint.clone(),
+            ),
+        };
+        for url in std::iter::once(&token_endpoint).chain(&revoke_endpoint) {
+            reqwest::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("provider {name}: bad endpoint {url:?}: {e}"))?;
+        }
+        Ok(Self {
+            name,
+            kind,
+            client_id: s.client_id.clone(),
+            client_secret: s.client_secret.clone(),
+            token_endpoint,
+            revoke_endpoint,
+            client_auth: s.client_auth.unwrap_or(ClientAuth::ClientSecretPost),
+            rotates_refresh_tokens: s.rotates_refresh_tokens,
+            http,
+            metrics,
+        })
+    }
+
+    /// POSTs a form with the client's authentication; the secret is exposed only here.
+    async fn post_form(
+        &self,
+        endpoint_label: &'static str,
+        url: &str,
+        mut form: Vec<(&str, &str)>,
+    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), ProviderError> {
+        let secret = self.client_secret.expose_secret();
+        let mut request = self.http.post(url);
+        match self.client_auth {
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", &self.client_id));
+                form.push(("client_secret", secret));
+            }
+            ClientAuth::ClientSecretBasic => {
+                let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let credentials = format!("{}:{}", encode(&self.client_id), encode(secret));
+                let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
+                request = request.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"));
+            }
+        }
+        let started = Instant::now();
+        let result = request
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&form)
+            .send()
+            .await;
+        let response = match result {
+            Ok(r) => r,
+            Err(err) => {
+                self.observe(endpoint_label, started);
+                return Err(transport_error(&err));
+            }
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| transport_error(&e));
+        self.observe(endpoint_label, started);
+        Ok((status, headers, body?.to_vec()))
+    }
+
+    fn observe(&self, endpoint: &str, started: Instant) {
+        self.metrics
+            .provider_latency
+            .with_label_values(&[self.name.as_str(), endpoint])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn do_refresh(&self, refresh_token: &RefreshToken) -> Result<Refreshed, ProviderError> {
+        let form = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose()),
+        ];
+        let (status, headers, body) = self.post_form("token", &self.token_endpoint, form).await?;
+        if status.is_success() {
+            let refreshed = parse_token_response(&body)?;
+            if self.rotates_refresh_tokens && refreshed.refresh_token.is_none() {
+                tracing::warn!(provider = %self.name, "a rotating provider returned no new refresh token; keeping the old one");
+            }
+            return Ok(refreshed);
+        }
+        Err(self.classify_failure(status, &headers, &body))
+    }
+
+    async fn do_revoke(&self, token: &str, hint: &'static str) -> Result<bool, ProviderError> {
+        let Some(url) = &self.revoke_endpoint else {
+            return Ok(false);
+        };
+        let form = vec![("token", token), ("token_type_hint", hint)];
+        let (status, headers, body) = self.post_form("revoke", url, form).await?;
+        if status.is_success() {
+            return Ok(true);
+        }
+        Err(self.classify_failure(status, &headers, &body))
+    }
+
+    fn classify_failure(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return ProviderError::Transient {
+                reason: format!("http_{}", status.as_u16()),
+                retry_after: retry_after(headers),
+            };
+        }
+        match serde_json::from_slice::<OAuthError>(body) {
+            Ok(err) => {
+                if let Some(subtype) = err.error_subtype.as_deref().filter(|_| self.kind == ProviderKind::Google) {
+                    tracing::info!(provider = %self.name, error = %err.error, error_subtype = subtype, "provider refused");
+                }
+                tracing::debug!(
+                    provider = %self.name,
+                    error = %err.error,
+                    description = err.error_description.as_deref().unwrap_or(""),
+                    "OAuth error response"
+                );
+                match err.error.as_str() {
+                    "invalid_grant" | "invalid_client" | "unauthorized_client" => {
+                        ProviderError::Terminal { error: err.error }
+                    }
+                    "temporarily_unavailable" => ProviderError::Transient {
+                        reason: err.error,
+                        retry_after: retry_after(headers),
+                    },
+                    _ => ProviderError::Unexpected { reason: sanitize(&err.error) },
+                }
+            }
+            Err(_) => ProviderError::Unexpected {
+                reason: format!("http_{}", status.as_u16()),
+            },
+        }
+    }
+}
+
+impl Provider for OAuth2Provider {
+    fn refresh<'a>(
+        &'a self,
+        refresh_token: &'a RefreshToken,
+    ) -> BoxFuture<'a, Result<Refreshed, ProviderError>> {
+        Box::pin(self.do_refresh(refresh_token))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        token: &'a str,
+        hint: &'static str,
+    ) -> BoxFuture<'a, Result<bool, ProviderError>> {
+        Box::pin(self.do_revoke(token, hint))
+    }
+}
+
+/// RFC 6749 §5.2 error response (plus Google's `error_subtype`).
+#[derive(Deserialize)]
+struct OAuthError {
+    error: String,
+    error_description: Option<String>,
+    error_subtype: Option<String>,
+}
+
+/// RFC 6749 §5.1 successful response.
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_in: Option<u64>,
+    scope: Option<String>,
+    token_type: Option<String>,
+}
+
+/// Access tokens without `expires_in` are taken to live an hour (Google's and Microsoft's).
+const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
+
+fn parse_token_response(body: &[u8]) -> Result<Refreshed, ProviderError> {
+    let malformed = |what: &str| ProviderError::Unexpected {
+        reason: format!("malformed token response: {what}"),
+    };
+    let response: TokenResponse = serde_json::from_slice(body).map_err(|_| malformed("not the expected JSON"))?;
+    if let Some(kind) = &response.token_type {
+        if !kind.eq_ignore_ascii_case("bearer") {
+            return Err(malformed("token_type is not Bearer"));
+        }
+    }
+    let scopes = match &response.scope {
+        Some(scope) => Some(
+            Scope::parse_list(&scope.split_whitespace().collect::<Vec<_>>())
+                .map_err(|_| malformed("scope"))?,
+        ),
+        None => None,
+    };
+    Ok(Refreshed {
+        access_token: AccessToken::parse(response.access_token).map_err(|_| malformed("access_token"))?,
+        refresh_token: response
+            .refresh_token
+            .map(RefreshToken::parse)
+            .transpose()
+            .map_err(|_| malformed("refresh_token"))?,
+        expires_in: response.expires_in.map_or(DEFAULT_EXPIRES_IN, Duration::from_secs),
+        scopes,
+    })
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for OAuth endpoints and ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn transport_error(err: &reqwest::Error) -> ProviderError {
+    let reason = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else {
+        "network"
+    };
+    ProviderError::Transient {
+        reason: reason.to_owned(),
+        retry_after: None,
+    }
+}
+
+/// An OAuth error code as bookkeeping may store it: RFC 6749 codes are `[\x20-\x7e]` minus
+/// `"` and `\`; keep a bounded, printable form of whatever came.
+fn sanitize(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_refresh_response_with_and_without_rotation() {
+        let r = parse_token_response(
+            br#"{"access_token":"ya29.a","expires_in":3599,"scope":"openid email","token_type":"Bearer"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.access_token.expose(), "ya29.a");
+        assert!(r.refresh_token.is_none());
+        assert_eq!(r.expires_in, Duration::from_secs(3599));
+        assert_eq!(r.scopes.unwrap().len(), 2);
+
+        let r = parse_token_response(br#"{"access_token":"a","refresh_token":"r2","token_type":"bearer"}"#).unwrap();
+        assert_eq!(r.refresh_token.unwrap().expose(), "r2");
+        assert_eq!(r.expires_in, DEFAULT_EXPIRES_IN);
+        assert!(r.scopes.is_none());
+
+        assert!(parse_token_response(b"{}").is_err());
+        assert!(parse_token_response(br#"{"access_token":"a","token_type":"mac"}"#).is_err());
+    }
+
+    #[test]
+    fn settings_debug_redacts_the_client_secret() {
+        let s = ProviderSettings {
+            kind: None,
+            client_id: "id".into(),
+            client_secret: SecretString::from("very-secret-value"),
+            token_endpoint: None,
+            revoke_endpoint: None,
+            client_auth: None,
+            rotates_refresh_tokens: false,
+        };
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("very-secret-value"), "{debug}");
+        assert!(debug.contains("client_secret: \"[REDACTED]\""), "{debug}");
+    }
+
+    #[test]
+    fn sanitize_keeps_codes_printable_and_short() {
+        assert_eq!(sanitize("invalid_scope"), "invalid_scope");
+        assert_eq!(sanitize("a b\"c\n"), "abc");
+        assert_eq!(sanitize(&"x".repeat(100)).len(), 64);
+    }
+}

@@ -1,0 +1,210 @@
+//! A local OAuth server on loopback that behaves like Google's token and revoke endpoints:
+//! it checks the client's credentials, parses the form, answers per mode and counts calls.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Form, Json, Router};
+use serde_json::json;
+use token_store::providers::ProviderSettings;
+
+pub const CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
+pub const CLIENT_SECRET: &str = "GOCSPX-test-client-secret";
+
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// A new access token, the refresh token kept (Google's usual answer).
+    Success,
+    /// A new access token and a new refresh token (Microsoft's answer).
+    Rotate,
+    /// 400 `invalid_grant`.
+    InvalidGrant,
+    /// 500.
+    ServerError,
+    /// 429 with `Retry-After`.
+    TooManyRequests { retry_after_seconds: u64 },
+    /// Waits, then answers as the inner mode.
+    Slow(Duration, &'static Mode),
+}
+
+#[derive(Default)]
+struct Shared {
+    default_mode: Mutex<Option<Mode>>,
+    /// Modes for refresh tokens containing a substring.
+    modes_for: Mutex<Vec<(String, Mode)>>,
+    token_calls: AtomicUsize,
+    issued: AtomicUsize,
+    refresh_tokens_seen: Mutex<Vec<String>>,
+    revoked: Mutex<Vec<String>>,
+    revoke_status: Mutex<Option<u16>>,
+    prefix: String,
+}
+
+pub struct FakeProvider {
+    pub url: String,
+    shared: Arc<Shared>,
+}
+
+impl FakeProvider {
+    pub async fn start() -> Self {
+        let shared = Arc::new(Shared {
+            prefix: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            ..Shared::default()
+        });
+        let app = Router::new()
+            .route("/token", post(token))
+            .route("/revoke", post(revoke))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, shared }
+    }
+
+    /// Settings that point a provider at this server.
+    pub fn settings(&self) -> ProviderSettings {
+        ProviderSettings {
+            kind: None,
+            client_id: CLIENT_ID.to_owned(),
+            client_secret: CLIENT_SECRET.to_owned().into(),
+            token_endpoint: Some(format!("{}/token", self.url)),
+            revoke_endpoint: Some(format!("{}/revoke", self.url)),
+            client_auth: None,
+            rotates_refresh_tokens: false,
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.shared.default_mode.lock().unwrap() = Some(mode);
+    }
+
+    pub fn set_mode_for(&self, refresh_token_part: &str, mode: Mode) {
+        self.shared
+            .modes_for
+            .lock()
+            .unwrap()
+            .push((refresh_token_part.to_owned(), mode));
+    }
+
+    pub fn fail_revocations(&self, status: u16) {
+        *self.shared.revoke_status.lock().unwrap() = Some(status);
+    }
+
+    pub fn token_calls(&self) -> usize {
+        self.shared.token_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn refresh_tokens_seen(&self) -> Vec<String> {
+        self.shared.refresh_tokens_seen.lock().unwrap().clone()
+    }
+
+    pub fn revoked(&self) -> Vec<String> {
+        self.shared.revoked.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the token endpoint has been called `n` times.
+    pub async fn wait_for_calls(&self, n: usize) {
+        for _ in 0..200 {
+            if self.token_calls() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the provider saw {} calls, expected {n}", self.token_calls());
+    }
+
+    /// The access token the n-th (1-based) successful answer carries.
+    pub fn access_token(&self, n: usize) -> String {
+        format!("ya29.fresh-{}-{n}", self.shared.prefix)
+    }
+
+    pub fn refresh_token(&self, n: usize) -> String {
+        format!("1//rotated-{}-{n}", self.shared.prefix)
+    }
+}
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (
+        status,
+        Json(json!({ "error": error, "error_description": "test provider says no" })),
+    )
+        .into_response()
+}
+
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    shared.token_calls.fetch_add(1, Ordering::SeqCst);
+    if form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || form.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
+    }
+    let Some(refresh_token) = form.get("refresh_token").cloned() else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+    };
+    shared.refresh_tokens_seen.lock().unwrap().push(refresh_token.clone());
+    let mode = shared
+        .modes_for
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(part, _)| refresh_token.contains(part.as_str()))
+        .map(|(_, mode)| *mode)
+        .or(*shared.default_mode.lock().unwrap())
+        .unwrap_or(Mode::Success);
+    answer(&shared, mode).await
+}
+
+async fn answer(shared: &Shared, mut mode: Mode) -> Response {
+    if let Mode::Slow(delay, then) = mode {
+        tokio::time::sleep(delay).await;
+        mode = *then;
+    }
+    match mode {
+        Mode::Success | Mode::Rotate => {
+            let n = shared.issued.fetch_add(1, Ordering::SeqCst) + 1;
+            let mut body = json!({
+                "access_token": format!("ya29.fresh-{}-{n}", shared.prefix),
+                "expires_in": 3599,
+                "token_type": "Bearer",
+            });
+            if matches!(mode, Mode::Rotate) {
+                body["refresh_token"] = json!(format!("1//rotated-{}-{n}", shared.prefix));
+            }
+            Json(body).into_response()
+        }
+        Mode::InvalidGrant => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+        Mode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "backend error").into_response(),
+        Mode::TooManyRequests { retry_after_seconds } => {
+            let mut headers = HeaderMap::new();
+            headers.insert("retry-after", retry_after_seconds.into());
+            (StatusCode::TOO_MANY_REQUESTS, headers, Json(json!({ "error": "rate_limited" })))
+                .into_response()
+        }
+        Mode::Slow(..) => unreachable!("nested Slow"),
+    }
+}
+
+async fn revoke(State(shared): State<Arc<Shared>>, Form(form): Form<HashMap<String, String>>) -> Response {
+    if let Some(status) = *shared.revoke_status.lock().unwrap() {
+        return StatusCode::from_u16(status).unwrap().into_response();
+    }
+    match form.get("token") {
+        Some(token) => {
+            shared.revoked.lock().unwrap().push(token.clone());
+            StatusCode::OK.into_response()
+        }
+        None => oauth_error(StatusCode::BAD_REQUEST, "invalid_request"),
+    }
+}

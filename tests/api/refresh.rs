@@ -1,0 +1,549 @@
+//! `access-token` and `refresh`: exactly one provider call, however many ask.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use serde_json::{json, Value};
+
+use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY};
+use crate::provider::{FakeProvider, Mode};
+
+/// A stored token that expired a minute ago.
+fn expired_body(tag: &str) -> Value {
+    let mut body = token_body(tag);
+    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() - 60_000);
+    body
+}
+
+/// A stored token that is still valid but inside the refresh buffer (5 minutes).
+fn expiring_body(tag: &str) -> Value {
+    let mut body = token_body(tag);
+    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() + 60_000);
+    body
+}
+
+async fn access_token(app: &TestApp, user: &str, body: Value) -> reqwest::Response {
+    app.http
+        .post(format!("{}/access-token", app.token_url(user, "google")))
+        .bearer_auth(FULL_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn row(app: &TestApp, user: &str) -> (String, i32, Option<String>) {
+    sqlx::query_as(
+        "select status, refresh_failure_count, last_refresh_error from integration_tokens \
+         where user_id = $1 and provider = 'google'",
+    )
+    .bind(user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+async fn stored(app: &TestApp, user: &str) -> Value {
+    app.get_token(user, "google", FULL_KEY).await.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refreshed_once_then_served_from_the_store() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let body = expired_body("expired");
+    app.put_token("alice", "google", &body).await;
+
+    let response = access_token(&app, "alice", json!({})).await;
+    assert_eq!(response.status(), 200);
+    let fresh: Value = response.json().await.unwrap();
+    assert_eq!(fresh["accessToken"], provider.access_token(1));
+    assert_eq!(fresh["tokenType"], "Bearer");
+    assert_eq!(fresh["scopes"], body["scopes"]);
+    let expires_at = fresh["expiresAt"].as_i64().unwrap();
+    assert!(expires_at > chrono::Utc::now().timestamp_millis() + 3_000_000);
+    assert_eq!(provider.refresh_tokens_seen(), vec![body["refreshToken"].as_str().unwrap()]);
+
+    // Stored sealed, and the refresh token kept since Google sent none.
+    let text: String = sqlx::query_scalar("select t::text from integration_tokens t")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(!text.contains(&provider.access_token(1)));
+    let got = stored(&app, "alice").await;
+    assert_eq!(got["accessToken"], provider.access_token(1));
+    assert_eq!(got["refreshToken"], body["refreshToken"]);
+    assert_eq!(got["expiresAt"], fresh["expiresAt"]);
+
+    // The next call is served from the store.
+    let again: Value = access_token(&app, "alice", json!({})).await.json().await.unwrap();
+    assert_eq!(again["accessToken"], provider.access_token(1));
+    assert_eq!(provider.token_calls(), 1);
+
+    // The young data key was reused: the one GenerateDataKey of the store, no Decrypt.
+    assert_eq!(app.kms_calls("GenerateDataKey").await, 1.0);
+    assert_eq!(app.kms_calls("Decrypt").await, 0.0);
+    assert_eq!(
+        app.metric("token_store_refreshes_total", &[("provider", "google"), ("outcome", "refreshed")]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_valid_token_is_served_without_calling_the_provider() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let body = token_body("valid");
+    app.put_token("alice", "google", &body).await;
+    let got: Value = access_token(&app, "alice", json!({ "scopes": ["openid"] })).await.json().await.unwrap();
+    assert_eq!(got["accessToken"], body["accessToken"]);
+    assert_eq!(got["expiresAt"], body["expiresAt"]);
+    assert_eq!(provider.token_calls(), 0);
+
+    // Asking for more validity than the token has left refreshes it.
+    let got: Value = access_token(&app, "alice", json!({ "minValiditySeconds": 7200 })).await.json().await.unwrap();
+    assert_eq!(got["accessToken"], provider.access_token(1));
+    assert_eq!(provider.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn an_old_data_key_is_replaced_on_refresh() {
+    let provider = FakeProvider::start().await;
+    let first = TestApp::spawn_with_provider(&provider).await;
+    let mut config = first.config();
+    config.providers.insert("google".into(), provider.settings());
+    config.refresh.data_key_max_age_seconds = 0;
+    let app = TestApp::spawn_with(config).await;
+    app.put_token("alice", "google", &expired_body("old-key")).await;
+    let before: Vec<u8> = sqlx::query_scalar("select wrapped_data_key from integration_tokens")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
+    let after: Vec<u8> = sqlx::query_scalar("select wrapped_data_key from integration_tokens")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_ne!(before, after);
+    assert_eq!(app.kms_calls("GenerateDataKey").await, 2.0);
+    assert_eq!(stored(&app, "alice").await["accessToken"], provider.access_token(1));
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_calls_over_three_instances_cause_one_provider_call() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Slow(Duration::from_millis(500), &Mode::Success));
+    let first = TestApp::spawn_with_provider(&provider).await;
+    let mut config = first.config();
+    config.providers.insert("google".into(), provider.settings());
+    let second = TestApp::spawn_with(config.clone()).await;
+    let third = TestApp::spawn_with(config).await;
+    first.put_token("alice", "google", &expired_body("storm")).await;
+
+    let apps = [&first, &second, &third];
+    let calls = (0..200).map(|i| access_token(apps[i % 3], "alice", json!({})));
+    let responses = join_all(calls).await;
+
+    let mut tokens = Vec::new();
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        tokens.push(body["accessToken"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(provider.token_calls(), 1);
+    assert!(tokens.iter().all(|t| *t == provider.access_token(1)));
+
+    // Each process joined its own flight; the other two found the fresh row under the lock.
+    let mut joins = 0.0;
+    let mut already_fresh = 0.0;
+    for app in apps {
+        joins += app.metric("token_store_refresh_single_flight_joins_total", &[]).await;
+        already_fresh += app
+            .metric("token_store_refreshes_total", &[("outcome", "already_fresh")])
+            .await;
+    }
+    assert!(joins > 0.0, "callers in one process shared a flight");
+    assert!(already_fresh <= 2.0);
+}
+
+#[tokio::test]
+async fn a_slow_refresh_does_not_hold_up_other_users() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode_for("slow-user", Mode::Slow(Duration::from_secs(4), &Mode::Success));
+    let first = TestApp::spawn_with_provider(&provider).await;
+    let mut config = first.config();
+    config.providers.insert("google".into(), provider.settings());
+    // A request pool of two connections: a refresh holding one would drain it.
+    config.database.max_connections = 2;
+    config.refresh.provider_timeout_ms = 8_000;
+    config.refresh.lock_timeout_ms = 10_000;
+    let app = TestApp::spawn_with(config).await;
+
+    app.put_token("slow", "google", &expired_body("slow-user")).await;
+    app.put_token("other", "google", &expired_body("other-user")).await;
+    for i in 0..5 {
+        app.put_token(&format!("reader-{i}"), "google", &token_body("reader")).await;
+    }
+
+    let slow = {
+        let http = app.http.clone();
+        let url = format!("{}/access-token", app.token_url("slow", "google"));
+        tokio::spawn(async move { http.post(url).bearer_auth(FULL_KEY).send().await.unwrap().status() })
+    };
+    provider.wait_for_calls(1).await;
+
+    for round in 0..4 {
+        for i in 0..5 {
+            let user = format!("reader-{i}");
+            assert_eq!(access_token(&app, &user, json!({})).await.status(), 200, "round {round}");
+            assert_eq!(app.get_token(&user, "google", FULL_KEY).await.status(), 200);
+        }
+    }
+    let other = access_token(&app, "other", json!({})).await;
+    assert_eq!(other.status(), 200);
+    assert!(!slow.is_finished(), "the other users finished before the slow refresh");
+
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(provider.token_calls(), 2);
+}
+
+#[tokio::test]
+async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::InvalidGrant);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &expired_body("dead")).await;
+
+    let response = access_token(&app, "alice", json!({})).await;
+    assert_problem(response, 409, "reauthorization_required").await;
+    assert_eq!(app.row_count().await, 1);
+    let (status, failures, error) = row(&app, "alice").await;
+    assert_eq!(status, "reauthorization_required");
+    assert_eq!(failures, 1);
+    assert_eq!(error.as_deref(), Some("invalid_grant"));
+    assert_eq!(stored(&app, "alice").await["status"], "reauthorization_required");
+
+    // A dead row is not sent to the provider again.
+    let again = access_token(&app, "alice", json!({})).await;
+    assert_problem(again, 409, "reauthorization_required").await;
+    let forced = app
+        .http
+        .post(format!("{}/refresh", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(forced, 409, "reauthorization_required").await;
+    assert_eq!(provider.token_calls(), 1);
+
+    // A new consent (PUT) brings it back.
+    app.put_token("alice", "google", &token_body("again")).await;
+    assert_eq!(row(&app, "alice").await.0, "active");
+}
+
+#[tokio::test]
+async fn invalid_grant_for_a_replaced_refresh_token_does_not_mark_the_new_grant() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode_for("stale", Mode::Slow(Duration::from_millis(1500), &Mode::InvalidGrant));
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &expired_body("stale")).await;
+
+    let pending = {
+        let http = app.http.clone();
+        let url = format!("{}/access-token", app.token_url("alice", "google"));
+        tokio::spawn(async move { http.post(url).bearer_auth(FULL_KEY).send().await.unwrap().status() })
+    };
+    provider.wait_for_calls(1).await;
+    // While the provider is rejecting the old refresh token, the grant is replaced.
+    let fresh = token_body("fresh-consent");
+    assert_eq!(app.put_token("alice", "google", &fresh).await.status(), 204);
+
+    assert_eq!(pending.await.unwrap(), 409);
+    let (status, _, _) = row(&app, "alice").await;
+    assert_eq!(status, "active", "the new grant must not be marked dead");
+    assert_eq!(stored(&app, "alice").await["refreshToken"], fresh["refreshToken"]);
+}
+
+#[tokio::test]
+async fn a_failed_refresh_token_no_longer_stored_marks_nothing() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Rotate);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &expired_body("rotated-away")).await;
+    let old_ct: Vec<u8> = sqlx::query_scalar("select refresh_token_ct from integration_tokens")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
+
+    // A replica that lost the race reports invalid_grant for the refresh token it had read.
+    let marked = token_store::store::mark_reauthorization_required(&app.db, "alice", "google", &old_ct, "invalid_grant")
+        .await
+        .unwrap();
+    assert!(!marked);
+    assert_eq!(row(&app, "alice").await.0, "active");
+}
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_stored_and_the_old_one_never_sent_again() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Rotate);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let body = expired_body("rotation");
+    app.put_token("alice", "google", &body).await;
+
+    assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
+    assert_eq!(stored(&app, "alice").await["refreshToken"], provider.refresh_token(1));
+
+    // Expire it again and force two more refreshes.
+    sqlx::query("update integration_tokens set expires_at = now() - interval '1 minute'")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
+    let forced = app
+        .http
+        .post(format!("{}/refresh", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), 200);
+    let forced: Value = forced.json().await.unwrap();
+    assert_eq!(forced["accessToken"], provider.access_token(3));
+
+    assert_eq!(
+        provider.refresh_tokens_seen(),
+        vec![
+            body["refreshToken"].as_str().unwrap().to_owned(),
+            provider.refresh_token(1),
+            provider.refresh_token(2),
+        ]
+    );
+    assert_eq!(stored(&app, "alice").await["refreshToken"], provider.refresh_token(3));
+}
+
+#[tokio::test]
+async fn a_provider_500_serves_the_still_valid_token_and_cools_down() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::ServerError);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let body = expiring_body("cooldown");
+    app.put_token("alice", "google", &body).await;
+
+    for _ in 0..3 {
+        let response = access_token(&app, "alice", json!({})).await;
+        assert_eq!(response.status(), 200);
+        let got: Value = response.json().await.unwrap();
+        assert_eq!(got["accessToken"], body["accessToken"]);
+    }
+    assert_eq!(provider.token_calls(), 1, "no second call inside the cool-down");
+    let (status, failures, error) = row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures, error.as_deref()), ("active", 1, Some("http_500")));
+    assert_eq!(
+        app.metric("token_store_refreshes_total", &[("outcome", "transient")]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_provider_500_for_an_expired_token_is_503_with_retry_after() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::ServerError);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &expired_body("down")).await;
+
+    for _ in 0..2 {
+        let response = access_token(&app, "alice", json!({})).await;
+        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=30).contains(&retry_after), "{retry_after}");
+        assert_problem(response, 503, "provider_unavailable").await;
+    }
+    assert_eq!(provider.token_calls(), 1);
+    // The row is kept.
+    assert_eq!(row(&app, "alice").await.0, "active");
+}
+
+#[tokio::test]
+async fn a_429_is_503_honouring_the_providers_retry_after() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::TooManyRequests { retry_after_seconds: 120 });
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &expired_body("throttled")).await;
+
+    let response = access_token(&app, "alice", json!({})).await;
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((100..=120).contains(&retry_after), "{retry_after}");
+    assert_problem(response, 503, "provider_unavailable").await;
+    let again = access_token(&app, "alice", json!({})).await;
+    assert_problem(again, 503, "provider_unavailable").await;
+    assert_eq!(provider.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_timeout_is_503_and_recorded() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Slow(Duration::from_secs(4), &Mode::Success));
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &expired_body("timeout")).await;
+
+    let response = access_token(&app, "alice", json!({})).await;
+    assert_problem(response, 503, "provider_unavailable").await;
+    let (_, failures, error) = row(&app, "alice").await;
+    assert_eq!((failures, error.as_deref()), (1, Some("timeout")));
+}
+
+#[tokio::test]
+async fn missing_scopes_are_listed_exactly() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let mut body = token_body("scopes");
+    body["scopes"] = json!(["openid", "email"]);
+    app.put_token("alice", "google", &body).await;
+
+    let response = access_token(
+        &app,
+        "alice",
+        json!({ "scopes": ["email", "https://www.googleapis.com/auth/calendar", "openid", "drive"] }),
+    )
+    .await;
+    let problem = assert_problem(response, 403, "scope_expansion_required").await;
+    assert_eq!(
+        problem["missingScopes"],
+        json!(["https://www.googleapis.com/auth/calendar", "drive"])
+    );
+    assert_eq!(provider.token_calls(), 0);
+}
+
+#[tokio::test]
+async fn access_token_of_an_unknown_pair_is_404() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let response = access_token(&app, "nobody", json!({})).await;
+    assert_problem(response, 404, "token_not_found").await;
+}
+
+#[tokio::test]
+async fn access_token_rejects_bad_bodies() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &token_body("b")).await;
+    for body in [
+        json!({ "scopes": "openid" }),
+        json!({ "minValiditySeconds": -1 }),
+        json!({ "minValiditySeconds": 100_000 }),
+        json!({ "scopes": ["has space"] }),
+    ] {
+        let response = access_token(&app, "alice", body.clone()).await;
+        assert_eq!(response.status(), 422, "{body}");
+        assert_problem(response, 422, "invalid_request").await;
+    }
+    // No body at all is fine.
+    let bare = app
+        .http
+        .post(format!("{}/access-token", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 200);
+}
+
+#[tokio::test]
+async fn a_refresh_for_an_unconfigured_provider_is_422() {
+    let app = TestApp::spawn().await;
+    app.put_token("alice", "google", &expired_body("unconfigured")).await;
+    let response = access_token(&app, "alice", json!({})).await;
+    assert_problem(response, 422, "provider_not_configured").await;
+    let forced = app
+        .http
+        .post(format!("{}/refresh", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(forced, 422, "provider_not_configured").await;
+    assert_eq!(row(&app, "alice").await.0, "active");
+}
+
+#[tokio::test]
+async fn revoke_sends_the_token_to_the_provider_then_deletes_the_row() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let body = token_body("revoke");
+    app.put_token("alice", "google", &body).await;
+
+    let response = app
+        .http
+        .delete(app.token_url("alice", "google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(provider.revoked(), vec![body["refreshToken"].as_str().unwrap().to_owned()]);
+    assert_eq!(app.row_count().await, 0);
+    assert_eq!(
+        app.metric("token_store_revocations_total", &[("outcome", "revoked")]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn a_failing_revoke_endpoint_still_deletes_and_is_counted() {
+    let provider = FakeProvider::start().await;
+    provider.fail_revocations(503);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &token_body("revoke-fails")).await;
+
+    let response = app
+        .http
+        .delete(app.token_url("alice", "google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(app.row_count().await, 0);
+    assert_eq!(
+        app.metric("token_store_revocations_total", &[("provider", "google"), ("outcome", "failed")]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn erasing_a_user_revokes_each_grant() {
+    let provider = FakeProvider::start().await;
+    let first = TestApp::spawn_with_provider(&provider).await;
+    let mut config = first.config();
+    config.providers.insert("google".into(), provider.settings());
+    let mut microsoft = provider.settings();
+    microsoft.kind = Some(token_store::providers::ProviderKind::Oauth2);
+    microsoft.rotates_refresh_tokens = true;
+    config.providers.insert("microsoft".into(), microsoft);
+    let app = TestApp::spawn_with(config).await;
+
+    let google = token_body("g");
+    let ms = token_body("m");
+    app.put_token("alice", "google", &google).await;
+    app.put_token("alice", "microsoft", &ms).await;
+    app.put_token("bob", "google", &token_body("b")).await;
+
+    let response = app
+        .http
+        .delete(format!("{}/v1/users/alice/tokens", app.address))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    let mut revoked = provider.revoked();
+    revoked.sort();
+    let mut expected = vec![
+        google["refreshToken"].as_str().unwrap().to_owned(),
+        ms["refreshToken"].as_str().unwrap().to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(revoked, expected);
+    assert_eq!(app.row_count().await, 1);
+}
