@@ -146,8 +146,8 @@ impl Providers {
             .build()?;
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for (name, s) in settings {
-            let name = ProviderName::parse(name)
-                .map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?;
+            let name =
+                ProviderName::parse(name).map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?;
             let provider = OAuth2Provider::new(name.clone(), s, http.clone(), metrics.clone())?;
             by_name.insert(name.as_str().to_owned(), Arc::new(provider));
         }
@@ -236,7 +236,8 @@ impl OAuth2Provider {
                 form.push(("client_secret", secret));
             }
             ClientAuth::ClientSecretBasic => {
-                let encode = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                let encode =
+                    |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
                 let credentials = format!("{}:{}", encode(&self.client_id), encode(secret));
                 let basic = base64::engine::general_purpose::STANDARD.encode(credentials);
                 request = request.header(reqwest::header::AUTHORIZATION, format!("Basic {basic}"));
@@ -297,7 +298,12 @@ impl OAuth2Provider {
         Err(self.classify_failure(status, &headers, &body))
     }
 
-    fn classify_failure(&self, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ProviderError {
+    fn classify_failure(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> ProviderError {
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return ProviderError::Transient {
                 reason: format!("http_{}", status.as_u16()),
@@ -306,7 +312,11 @@ impl OAuth2Provider {
         }
         match serde_json::from_slice::<OAuthError>(body) {
             Ok(err) => {
-                if let Some(subtype) = err.error_subtype.as_deref().filter(|_| self.kind == ProviderKind::Google) {
+                if let Some(subtype) = err
+                    .error_subtype
+                    .as_deref()
+                    .filter(|_| self.kind == ProviderKind::Google)
+                {
                     tracing::info!(provider = %self.name, error = %err.error, error_subtype = subtype, "provider refused");
                 }
                 tracing::debug!(
@@ -323,7 +333,9 @@ impl OAuth2Provider {
                         reason: err.error,
                         retry_after: retry_after(headers),
                     },
-                    _ => ProviderError::Unexpected { reason: sanitize(&err.error) },
+                    _ => ProviderError::Unexpected {
+                        reason: sanitize(&err.error),
+                    },
                 }
             }
             Err(_) => ProviderError::Unexpected {
@@ -375,7 +387,8 @@ fn parse_token_response(body: &[u8]) -> Result<Refreshed, ProviderError> {
     let malformed = |what: &str| ProviderError::Unexpected {
         reason: format!("malformed token response: {what}"),
     };
-    let response: TokenResponse = serde_json::from_slice(body).map_err(|_| malformed("not the expected JSON"))?;
+    let response: TokenResponse =
+        serde_json::from_slice(body).map_err(|_| malformed("not the expected JSON"))?;
     if let Some(kind) = &response.token_type {
         if !kind.eq_ignore_ascii_case("bearer") {
             return Err(malformed("token_type is not Bearer"));
@@ -389,13 +402,16 @@ fn parse_token_response(body: &[u8]) -> Result<Refreshed, ProviderError> {
         None => None,
     };
     Ok(Refreshed {
-        access_token: AccessToken::parse(response.access_token).map_err(|_| malformed("access_token"))?,
+        access_token: AccessToken::parse(response.access_token)
+            .map_err(|_| malformed("access_token"))?,
         refresh_token: response
             .refresh_token
             .map(RefreshToken::parse)
             .transpose()
             .map_err(|_| malformed("refresh_token"))?,
-        expires_in: response.expires_in.map_or(DEFAULT_EXPIRES_IN, Duration::from_secs),
+        expires_in: response
+            .expires_in
+            .map_or(DEFAULT_EXPIRES_IN, Duration::from_secs),
         scopes,
     })
 }
@@ -450,7 +466,10 @@ mod tests {
         assert_eq!(r.expires_in, Duration::from_secs(3599));
         assert_eq!(r.scopes.unwrap().len(), 2);
 
-        let r = parse_token_response(br#"{"access_token":"a","refresh_token":"r2","token_type":"bearer"}"#).unwrap();
+        let r = parse_token_response(
+            br#"{"access_token":"a","refresh_token":"r2","token_type":"bearer"}"#,
+        )
+        .unwrap();
         assert_eq!(r.refresh_token.unwrap().expose(), "r2");
         assert_eq!(r.expires_in, DEFAULT_EXPIRES_IN);
         assert!(r.scopes.is_none());

@@ -210,14 +210,21 @@ impl Refresher {
                 let task = tokio::spawn(
                     async move {
                         let outcome = inner.run_flight(&task_key, validity).await;
-                        inner.flights.lock().expect("flights lock").remove(&task_key);
+                        inner
+                            .flights
+                            .lock()
+                            .expect("flights lock")
+                            .remove(&task_key);
                         outcome
                     }
                     .instrument(span),
                 );
                 let flight = async move {
-                    task.await
-                        .unwrap_or_else(|e| Err(RefreshError::unexpected(anyhow::anyhow!("refresh task failed: {e}"))))
+                    task.await.unwrap_or_else(|e| {
+                        Err(RefreshError::unexpected(anyhow::anyhow!(
+                            "refresh task failed: {e}"
+                        )))
+                    })
                 }
                 .boxed()
                 .shared();
@@ -280,13 +287,21 @@ impl Inner {
         let refresh_token = open_refresh_token(&row_key, &row)?;
         match client.refresh(&refresh_token).await {
             Ok(refreshed) => {
-                let grant = self.persist(tx, key, &row, row_key, refresh_token, refreshed).await?;
+                let grant = self
+                    .persist(tx, key, &row, row_key, refresh_token, refreshed)
+                    .await?;
                 self.count(&key.provider, "refreshed");
                 Ok(grant)
             }
             Err(ProviderError::Terminal { error }) => {
-                let marked =
-                    store::mark_reauthorization_required(&mut *tx, user, provider, &refresh_ct, &error).await?;
+                let marked = store::mark_reauthorization_required(
+                    &mut *tx,
+                    user,
+                    provider,
+                    &refresh_ct,
+                    &error,
+                )
+                .await?;
                 tx.commit().await?;
                 tracing::warn!(error = %error, marked, "the provider rejected the grant");
                 self.count(&key.provider, "terminal");
@@ -295,7 +310,15 @@ impl Inner {
             Err(err) => {
                 let cooldown = self.cooldown(&row, &err);
                 let until = now + cooldown;
-                store::record_transient_failure(&mut *tx, user, provider, row.version, &err.code(), until).await?;
+                store::record_transient_failure(
+                    &mut *tx,
+                    user,
+                    provider,
+                    row.version,
+                    &err.code(),
+                    until,
+                )
+                .await?;
                 tx.commit().await?;
                 tracing::warn!(error = %err, cooldown_s = cooldown.as_secs(), "refresh failed");
                 match err {
@@ -326,24 +349,47 @@ impl Inner {
         let (user, provider) = (key.user.as_str(), key.provider.as_str());
         let now = Utc::now();
         let key_age = (now - row.data_key_created_at).to_std().unwrap_or_default();
-        let (kms_key_id, wrapped, key_created_at, seal_key) = if key_age < self.settings.data_key_max_age {
-            (row.kms_key_id.clone(), row.wrapped_data_key.clone(), row.data_key_created_at, row_key)
+        let (kms_key_id, wrapped, key_created_at, seal_key) = if key_age
+            < self.settings.data_key_max_age
+        {
+            (
+                row.kms_key_id.clone(),
+                row.wrapped_data_key.clone(),
+                row.data_key_created_at,
+                row_key,
+            )
         } else {
-            match self.vault.envelope().new_row_key(&KeyContext::new(user, provider)).await {
+            match self
+                .vault
+                .envelope()
+                .new_row_key(&KeyContext::new(user, provider))
+                .await
+            {
                 Ok((wrapped, fresh)) => (wrapped.key_id, wrapped.blob, now, fresh),
                 Err(err) => {
                     // The provider may have rotated the refresh token already: persisting it
                     // under the old (still KMS-wrapped) key beats losing it.
                     tracing::warn!(error = %err, "could not get a new data key; re-sealing under the current one");
-                    (row.kms_key_id.clone(), row.wrapped_data_key.clone(), row.data_key_created_at, row_key)
+                    (
+                        row.kms_key_id.clone(),
+                        row.wrapped_data_key.clone(),
+                        row.data_key_created_at,
+                        row_key,
+                    )
                 }
             }
         };
         let refresh_token = refreshed.refresh_token.unwrap_or(old_refresh_token);
-        let access_ct = seal_key.seal(Field::AccessToken, refreshed.access_token.expose().as_bytes());
+        let access_ct = seal_key.seal(
+            Field::AccessToken,
+            refreshed.access_token.expose().as_bytes(),
+        );
         let refresh_ct = seal_key.seal(Field::RefreshToken, refresh_token.expose().as_bytes());
         let scopes = refreshed.scopes.unwrap_or_else(|| {
-            row.scopes.iter().filter_map(|s| Scope::parse(s).ok()).collect()
+            row.scopes
+                .iter()
+                .filter_map(|s| Scope::parse(s).ok())
+                .collect()
         });
         let scope_strings: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
         let expires_at = now + chrono::Duration::from_std(refreshed.expires_in).unwrap_or_default();
@@ -358,7 +404,8 @@ impl Inner {
         };
 
         let first = async {
-            let written = store::write_refreshed(&mut *tx, user, provider, row.version, &write).await?;
+            let written =
+                store::write_refreshed(&mut *tx, user, provider, row.version, &write).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(written)
         }
@@ -369,7 +416,9 @@ impl Inner {
         };
         if !written {
             tracing::error!("the grant was replaced while it was being refreshed; the refreshed token is discarded");
-            return Err(RefreshError::unexpected(anyhow::anyhow!("grant replaced during refresh")));
+            return Err(RefreshError::unexpected(anyhow::anyhow!(
+                "grant replaced during refresh"
+            )));
         }
         Ok(AccessGrant {
             access_token: refreshed.access_token,
@@ -390,7 +439,8 @@ impl Inner {
         let mut last_error = first_error;
         for attempt in 1..=3u32 {
             tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-            let result = store::write_refreshed(self.vault.db(), user, provider, version, write).await;
+            let result =
+                store::write_refreshed(self.vault.db(), user, provider, version, write).await;
             match result {
                 Ok(true) => return Ok(true),
                 // The first commit may have landed before its error: then the row holds ours.
@@ -419,7 +469,10 @@ impl Inner {
             .saturating_mul(1u32 << failures.min(16))
             .min(self.settings.cooldown_max);
         match err {
-            ProviderError::Transient { retry_after: Some(asked), .. } => backoff.max(*asked),
+            ProviderError::Transient {
+                retry_after: Some(asked),
+                ..
+            } => backoff.max(*asked),
             _ => backoff,
         }
     }
@@ -458,7 +511,9 @@ fn ensure_active(row: &TokenRow) -> Result<(), RefreshError> {
     match TokenStatus::parse(&row.status) {
         Some(TokenStatus::Active) => Ok(()),
         Some(TokenStatus::ReauthorizationRequired) => Err(RefreshError::ReauthorizationRequired),
-        None => Err(RefreshError::unexpected(anyhow::anyhow!("unknown row status"))),
+        None => Err(RefreshError::unexpected(anyhow::anyhow!(
+            "unknown row status"
+        ))),
     }
 }
 

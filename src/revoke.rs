@@ -35,7 +35,9 @@ pub async fn revoke_and_delete_user(
     for name in store::providers_of(vault.db(), user.as_str()).await? {
         match ProviderName::parse(&name) {
             Ok(provider) => revoke_at_provider(vault, providers, metrics, user, &provider).await?,
-            Err(_) => tracing::error!("a stored provider name is malformed; deleting without revoking"),
+            Err(_) => {
+                tracing::error!("a stored provider name is malformed; deleting without revoking")
+            }
         }
     }
     vault.delete_user(user).await
@@ -70,7 +72,10 @@ async fn revoke_at_provider(
         Ok(stored) => stored,
         // KMS away: the user's deletion still happens; the grant will lapse at the provider.
         Err(VaultError::Crypto(CryptoError::KmsUnavailable(err))) => {
-            tracing::warn!(error = format!("{err:#}"), "KMS unavailable; deleting without revoking");
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "KMS unavailable; deleting without revoking"
+            );
             count("failed");
             return Ok(());
         }

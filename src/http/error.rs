@@ -184,7 +184,8 @@ impl From<RefreshError> for ApiError {
             RefreshError::ProviderNotConfigured => Self::ProviderNotConfigured,
             RefreshError::ProviderUnavailable { retry_after } => Self::ProviderUnavailable {
                 // Round up: "retry in 0 s" would invite a hot loop.
-                retry_after_seconds: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+                retry_after_seconds: retry_after.as_secs()
+                    + u64::from(retry_after.subsec_nanos() > 0),
             },
             RefreshError::KmsUnavailable(e) => Self::KmsUnavailable(anyhow::anyhow!("{e:#}")),
             RefreshError::Unexpected(e) => Self::Internal(anyhow::anyhow!("{e:#}")),

@@ -4,9 +4,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, post, put};
 use axum::Router;
-use std::time::Duration;
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
 
 use super::error::ApiError;
 use super::extract::{Caller, Json, OptionalJson, TokenPath, UserPath};
@@ -27,7 +27,10 @@ pub fn router() -> Router<AppState> {
             "/v1/users/{user_id}/tokens/{provider}/access-token",
             post(access_token),
         )
-        .route("/v1/users/{user_id}/tokens/{provider}/refresh", post(force_refresh))
+        .route(
+            "/v1/users/{user_id}/tokens/{provider}/refresh",
+            post(force_refresh),
+        )
         .route("/v1/users/{user_id}/tokens", delete(delete_user_tokens))
 }
 
@@ -149,7 +152,10 @@ async fn force_refresh(
     path: TokenPath,
 ) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
     caller.require(Permission::Refresh)?;
-    let grant = state.refresher.force_refresh(&path.user, &path.provider).await?;
+    let grant = state
+        .refresher
+        .force_refresh(&path.user, &path.provider)
+        .await?;
     Ok(axum::Json(grant.into()))
 }
 
@@ -188,8 +194,14 @@ async fn delete_token(
     path: TokenPath,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Permission::Revoke)?;
-    revoke::revoke_and_delete(&state.vault, &state.providers, &state.metrics, &path.user, &path.provider)
-        .await?;
+    revoke::revoke_and_delete(
+        &state.vault,
+        &state.providers,
+        &state.metrics,
+        &path.user,
+        &path.provider,
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -185,3 +185,137 @@ async fn the_binary_refuses_to_start_without_a_kms_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no KMS key configured"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_killed_lock_holder_releases_the_lock_and_another_instance_refreshes() {
+    use crate::helpers::{create_database, TestApp};
+    use crate::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
+
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Slow(Duration::from_secs(6), &Mode::Success));
+    let key_id = create_kms_key(&kms_admin().await).await;
+    let database_url = create_database().await;
+    let mut config = crate::helpers::config(&database_url, &key_id, &kms_endpoint());
+    config
+        .providers
+        .insert("google".into(), provider.settings());
+    let survivor = TestApp::spawn_with(config).await;
+    let mut body = token_body("killed");
+    body["expiresAt"] = serde_json::json!(chrono::Utc::now().timestamp_millis() - 60_000);
+    survivor.put_token("alice", "google", &body).await;
+
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("token-store.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[database]
+url = "{database_url}"
+
+[kms]
+key_id = "{key_id}"
+endpoint_url = "{endpoint}"
+
+[refresh]
+provider_timeout_ms = 8000
+lock_timeout_ms = 10000
+
+[providers.google]
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+token_endpoint = "{provider}/token"
+revoke_endpoint = "{provider}/revoke"
+
+[[clients]]
+name = "e2e"
+key_sha256 = "{hash}"
+permissions = ["read"]
+"#,
+            endpoint = kms_endpoint(),
+            provider = provider.url,
+            hash = token_store::auth::key_hash_hex(FULL_KEY),
+        ),
+    )
+    .unwrap();
+    let mut doomed = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the service did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let url = format!("{base}/v1/users/alice/tokens/google/access-token");
+    let pending = tokio::spawn(http.post(url).bearer_auth(FULL_KEY).send());
+    provider.wait_for_calls(1).await;
+    let advisory_locks = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_locks where locktype = 'advisory' and granted \
+             and database = (select oid from pg_database where datname = current_database())",
+        )
+        .fetch_one(&survivor.db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        advisory_locks().await,
+        1,
+        "the doomed instance holds the refresh lock"
+    );
+
+    doomed.kill().unwrap(); // SIGKILL
+    doomed.wait().unwrap();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the killed instance never answered"
+    );
+
+    let released = Instant::now();
+    while advisory_locks().await > 0 {
+        assert!(
+            released.elapsed() < Duration::from_secs(10),
+            "the lock outlived its holder"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    provider.set_mode(Mode::Success);
+    let response = survivor
+        .http
+        .post(format!(
+            "{}/access-token",
+            survivor.token_url("alice", "google")
+        ))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let fresh: Value = response.json().await.unwrap();
+    assert!(fresh["accessToken"]
+        .as_str()
+        .unwrap()
+        .starts_with("ya29.fresh-"));
+    assert_eq!(provider.token_calls(), 2);
+    let stored: Value = survivor
+        .get_token("alice", "google", FULL_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["accessToken"], fresh["accessToken"]);
+}

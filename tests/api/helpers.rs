@@ -194,7 +194,9 @@ impl TestApp {
         let kms = kms_admin().await;
         let key_id = create_kms_key(&kms).await;
         let mut config = config(&create_database().await, &key_id, &kms_endpoint());
-        config.providers.insert("google".into(), provider.settings());
+        config
+            .providers
+            .insert("google".into(), provider.settings());
         Self::spawn_with(config).await
     }
 

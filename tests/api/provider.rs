@@ -116,7 +116,10 @@ impl FakeProvider {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the provider saw {} calls, expected {n}", self.token_calls());
+        panic!(
+            "the provider saw {} calls, expected {n}",
+            self.token_calls()
+        );
     }
 
     /// The access token the n-th (1-based) successful answer carries.
@@ -153,7 +156,11 @@ async fn token(
     let Some(refresh_token) = form.get("refresh_token").cloned() else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
     };
-    shared.refresh_tokens_seen.lock().unwrap().push(refresh_token.clone());
+    shared
+        .refresh_tokens_seen
+        .lock()
+        .unwrap()
+        .push(refresh_token.clone());
     let mode = shared
         .modes_for
         .lock()
@@ -186,17 +193,26 @@ async fn answer(shared: &Shared, mut mode: Mode) -> Response {
         }
         Mode::InvalidGrant => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
         Mode::ServerError => (StatusCode::INTERNAL_SERVER_ERROR, "backend error").into_response(),
-        Mode::TooManyRequests { retry_after_seconds } => {
+        Mode::TooManyRequests {
+            retry_after_seconds,
+        } => {
             let mut headers = HeaderMap::new();
             headers.insert("retry-after", retry_after_seconds.into());
-            (StatusCode::TOO_MANY_REQUESTS, headers, Json(json!({ "error": "rate_limited" })))
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                headers,
+                Json(json!({ "error": "rate_limited" })),
+            )
                 .into_response()
         }
         Mode::Slow(..) => unreachable!("nested Slow"),
     }
 }
 
-async fn revoke(State(shared): State<Arc<Shared>>, Form(form): Form<HashMap<String, String>>) -> Response {
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
     if let Some(status) = *shared.revoke_status.lock().unwrap() {
         return StatusCode::from_u16(status).unwrap().into_response();
     }

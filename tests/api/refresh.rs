@@ -44,7 +44,11 @@ async fn row(app: &TestApp, user: &str) -> (String, i32, Option<String>) {
 }
 
 async fn stored(app: &TestApp, user: &str) -> Value {
-    app.get_token(user, "google", FULL_KEY).await.json().await.unwrap()
+    app.get_token(user, "google", FULL_KEY)
+        .await
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -62,7 +66,10 @@ async fn an_expired_token_is_refreshed_once_then_served_from_the_store() {
     assert_eq!(fresh["scopes"], body["scopes"]);
     let expires_at = fresh["expiresAt"].as_i64().unwrap();
     assert!(expires_at > chrono::Utc::now().timestamp_millis() + 3_000_000);
-    assert_eq!(provider.refresh_tokens_seen(), vec![body["refreshToken"].as_str().unwrap()]);
+    assert_eq!(
+        provider.refresh_tokens_seen(),
+        vec![body["refreshToken"].as_str().unwrap()]
+    );
 
     // Stored sealed, and the refresh token kept since Google sent none.
     let text: String = sqlx::query_scalar("select t::text from integration_tokens t")
@@ -76,7 +83,11 @@ async fn an_expired_token_is_refreshed_once_then_served_from_the_store() {
     assert_eq!(got["expiresAt"], fresh["expiresAt"]);
 
     // The next call is served from the store.
-    let again: Value = access_token(&app, "alice", json!({})).await.json().await.unwrap();
+    let again: Value = access_token(&app, "alice", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(again["accessToken"], provider.access_token(1));
     assert_eq!(provider.token_calls(), 1);
 
@@ -84,7 +95,11 @@ async fn an_expired_token_is_refreshed_once_then_served_from_the_store() {
     assert_eq!(app.kms_calls("GenerateDataKey").await, 1.0);
     assert_eq!(app.kms_calls("Decrypt").await, 0.0);
     assert_eq!(
-        app.metric("token_store_refreshes_total", &[("provider", "google"), ("outcome", "refreshed")]).await,
+        app.metric(
+            "token_store_refreshes_total",
+            &[("provider", "google"), ("outcome", "refreshed")]
+        )
+        .await,
         1.0
     );
 }
@@ -95,13 +110,21 @@ async fn a_valid_token_is_served_without_calling_the_provider() {
     let app = TestApp::spawn_with_provider(&provider).await;
     let body = token_body("valid");
     app.put_token("alice", "google", &body).await;
-    let got: Value = access_token(&app, "alice", json!({ "scopes": ["openid"] })).await.json().await.unwrap();
+    let got: Value = access_token(&app, "alice", json!({ "scopes": ["openid"] }))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["accessToken"], body["accessToken"]);
     assert_eq!(got["expiresAt"], body["expiresAt"]);
     assert_eq!(provider.token_calls(), 0);
 
     // Asking for more validity than the token has left refreshes it.
-    let got: Value = access_token(&app, "alice", json!({ "minValiditySeconds": 7200 })).await.json().await.unwrap();
+    let got: Value = access_token(&app, "alice", json!({ "minValiditySeconds": 7200 }))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(got["accessToken"], provider.access_token(1));
     assert_eq!(provider.token_calls(), 1);
 }
@@ -111,10 +134,13 @@ async fn an_old_data_key_is_replaced_on_refresh() {
     let provider = FakeProvider::start().await;
     let first = TestApp::spawn_with_provider(&provider).await;
     let mut config = first.config();
-    config.providers.insert("google".into(), provider.settings());
+    config
+        .providers
+        .insert("google".into(), provider.settings());
     config.refresh.data_key_max_age_seconds = 0;
     let app = TestApp::spawn_with(config).await;
-    app.put_token("alice", "google", &expired_body("old-key")).await;
+    app.put_token("alice", "google", &expired_body("old-key"))
+        .await;
     let before: Vec<u8> = sqlx::query_scalar("select wrapped_data_key from integration_tokens")
         .fetch_one(&app.db)
         .await
@@ -126,7 +152,10 @@ async fn an_old_data_key_is_replaced_on_refresh() {
         .unwrap();
     assert_ne!(before, after);
     assert_eq!(app.kms_calls("GenerateDataKey").await, 2.0);
-    assert_eq!(stored(&app, "alice").await["accessToken"], provider.access_token(1));
+    assert_eq!(
+        stored(&app, "alice").await["accessToken"],
+        provider.access_token(1)
+    );
 }
 
 #[tokio::test]
@@ -135,10 +164,14 @@ async fn two_hundred_concurrent_calls_over_three_instances_cause_one_provider_ca
     provider.set_mode(Mode::Slow(Duration::from_millis(500), &Mode::Success));
     let first = TestApp::spawn_with_provider(&provider).await;
     let mut config = first.config();
-    config.providers.insert("google".into(), provider.settings());
+    config
+        .providers
+        .insert("google".into(), provider.settings());
     let second = TestApp::spawn_with(config.clone()).await;
     let third = TestApp::spawn_with(config).await;
-    first.put_token("alice", "google", &expired_body("storm")).await;
+    first
+        .put_token("alice", "google", &expired_body("storm"))
+        .await;
 
     let apps = [&first, &second, &third];
     let calls = (0..200).map(|i| access_token(apps[i % 3], "alice", json!({})));
@@ -157,9 +190,14 @@ async fn two_hundred_concurrent_calls_over_three_instances_cause_one_provider_ca
     let mut joins = 0.0;
     let mut already_fresh = 0.0;
     for app in apps {
-        joins += app.metric("token_store_refresh_single_flight_joins_total", &[]).await;
+        joins += app
+            .metric("token_store_refresh_single_flight_joins_total", &[])
+            .await;
         already_fresh += app
-            .metric("token_store_refreshes_total", &[("outcome", "already_fresh")])
+            .metric(
+                "token_store_refreshes_total",
+                &[("outcome", "already_fresh")],
+            )
             .await;
     }
     assert!(joins > 0.0, "callers in one process shared a flight");
@@ -169,39 +207,61 @@ async fn two_hundred_concurrent_calls_over_three_instances_cause_one_provider_ca
 #[tokio::test]
 async fn a_slow_refresh_does_not_hold_up_other_users() {
     let provider = FakeProvider::start().await;
-    provider.set_mode_for("slow-user", Mode::Slow(Duration::from_secs(4), &Mode::Success));
+    provider.set_mode_for(
+        "slow-user",
+        Mode::Slow(Duration::from_secs(4), &Mode::Success),
+    );
     let first = TestApp::spawn_with_provider(&provider).await;
     let mut config = first.config();
-    config.providers.insert("google".into(), provider.settings());
+    config
+        .providers
+        .insert("google".into(), provider.settings());
     // A request pool of two connections: a refresh holding one would drain it.
     config.database.max_connections = 2;
     config.refresh.provider_timeout_ms = 8_000;
     config.refresh.lock_timeout_ms = 10_000;
     let app = TestApp::spawn_with(config).await;
 
-    app.put_token("slow", "google", &expired_body("slow-user")).await;
-    app.put_token("other", "google", &expired_body("other-user")).await;
+    app.put_token("slow", "google", &expired_body("slow-user"))
+        .await;
+    app.put_token("other", "google", &expired_body("other-user"))
+        .await;
     for i in 0..5 {
-        app.put_token(&format!("reader-{i}"), "google", &token_body("reader")).await;
+        app.put_token(&format!("reader-{i}"), "google", &token_body("reader"))
+            .await;
     }
 
     let slow = {
         let http = app.http.clone();
         let url = format!("{}/access-token", app.token_url("slow", "google"));
-        tokio::spawn(async move { http.post(url).bearer_auth(FULL_KEY).send().await.unwrap().status() })
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(FULL_KEY)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
     };
     provider.wait_for_calls(1).await;
 
     for round in 0..4 {
         for i in 0..5 {
             let user = format!("reader-{i}");
-            assert_eq!(access_token(&app, &user, json!({})).await.status(), 200, "round {round}");
+            assert_eq!(
+                access_token(&app, &user, json!({})).await.status(),
+                200,
+                "round {round}"
+            );
             assert_eq!(app.get_token(&user, "google", FULL_KEY).await.status(), 200);
         }
     }
     let other = access_token(&app, "other", json!({})).await;
     assert_eq!(other.status(), 200);
-    assert!(!slow.is_finished(), "the other users finished before the slow refresh");
+    assert!(
+        !slow.is_finished(),
+        "the other users finished before the slow refresh"
+    );
 
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(provider.token_calls(), 2);
@@ -212,7 +272,8 @@ async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::InvalidGrant);
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &expired_body("dead")).await;
+    app.put_token("alice", "google", &expired_body("dead"))
+        .await;
 
     let response = access_token(&app, "alice", json!({})).await;
     assert_problem(response, 409, "reauthorization_required").await;
@@ -221,7 +282,10 @@ async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
     assert_eq!(status, "reauthorization_required");
     assert_eq!(failures, 1);
     assert_eq!(error.as_deref(), Some("invalid_grant"));
-    assert_eq!(stored(&app, "alice").await["status"], "reauthorization_required");
+    assert_eq!(
+        stored(&app, "alice").await["status"],
+        "reauthorization_required"
+    );
 
     // A dead row is not sent to the provider again.
     let again = access_token(&app, "alice", json!({})).await;
@@ -244,14 +308,25 @@ async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
 #[tokio::test]
 async fn invalid_grant_for_a_replaced_refresh_token_does_not_mark_the_new_grant() {
     let provider = FakeProvider::start().await;
-    provider.set_mode_for("stale", Mode::Slow(Duration::from_millis(1500), &Mode::InvalidGrant));
+    provider.set_mode_for(
+        "stale",
+        Mode::Slow(Duration::from_millis(1500), &Mode::InvalidGrant),
+    );
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &expired_body("stale")).await;
+    app.put_token("alice", "google", &expired_body("stale"))
+        .await;
 
     let pending = {
         let http = app.http.clone();
         let url = format!("{}/access-token", app.token_url("alice", "google"));
-        tokio::spawn(async move { http.post(url).bearer_auth(FULL_KEY).send().await.unwrap().status() })
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(FULL_KEY)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
     };
     provider.wait_for_calls(1).await;
     // While the provider is rejecting the old refresh token, the grant is replaced.
@@ -261,7 +336,10 @@ async fn invalid_grant_for_a_replaced_refresh_token_does_not_mark_the_new_grant(
     assert_eq!(pending.await.unwrap(), 409);
     let (status, _, _) = row(&app, "alice").await;
     assert_eq!(status, "active", "the new grant must not be marked dead");
-    assert_eq!(stored(&app, "alice").await["refreshToken"], fresh["refreshToken"]);
+    assert_eq!(
+        stored(&app, "alice").await["refreshToken"],
+        fresh["refreshToken"]
+    );
 }
 
 #[tokio::test]
@@ -269,7 +347,8 @@ async fn a_failed_refresh_token_no_longer_stored_marks_nothing() {
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::Rotate);
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &expired_body("rotated-away")).await;
+    app.put_token("alice", "google", &expired_body("rotated-away"))
+        .await;
     let old_ct: Vec<u8> = sqlx::query_scalar("select refresh_token_ct from integration_tokens")
         .fetch_one(&app.db)
         .await
@@ -277,9 +356,15 @@ async fn a_failed_refresh_token_no_longer_stored_marks_nothing() {
     assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
 
     // A replica that lost the race reports invalid_grant for the refresh token it had read.
-    let marked = token_store::store::mark_reauthorization_required(&app.db, "alice", "google", &old_ct, "invalid_grant")
-        .await
-        .unwrap();
+    let marked = token_store::store::mark_reauthorization_required(
+        &app.db,
+        "alice",
+        "google",
+        &old_ct,
+        "invalid_grant",
+    )
+    .await
+    .unwrap();
     assert!(!marked);
     assert_eq!(row(&app, "alice").await.0, "active");
 }
@@ -293,7 +378,10 @@ async fn a_rotated_refresh_token_is_stored_and_the_old_one_never_sent_again() {
     app.put_token("alice", "google", &body).await;
 
     assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
-    assert_eq!(stored(&app, "alice").await["refreshToken"], provider.refresh_token(1));
+    assert_eq!(
+        stored(&app, "alice").await["refreshToken"],
+        provider.refresh_token(1)
+    );
 
     // Expire it again and force two more refreshes.
     sqlx::query("update integration_tokens set expires_at = now() - interval '1 minute'")
@@ -320,7 +408,10 @@ async fn a_rotated_refresh_token_is_stored_and_the_old_one_never_sent_again() {
             provider.refresh_token(2),
         ]
     );
-    assert_eq!(stored(&app, "alice").await["refreshToken"], provider.refresh_token(3));
+    assert_eq!(
+        stored(&app, "alice").await["refreshToken"],
+        provider.refresh_token(3)
+    );
 }
 
 #[tokio::test]
@@ -337,11 +428,19 @@ async fn a_provider_500_serves_the_still_valid_token_and_cools_down() {
         let got: Value = response.json().await.unwrap();
         assert_eq!(got["accessToken"], body["accessToken"]);
     }
-    assert_eq!(provider.token_calls(), 1, "no second call inside the cool-down");
-    let (status, failures, error) = row(&app, "alice").await;
-    assert_eq!((status.as_str(), failures, error.as_deref()), ("active", 1, Some("http_500")));
     assert_eq!(
-        app.metric("token_store_refreshes_total", &[("outcome", "transient")]).await,
+        provider.token_calls(),
+        1,
+        "no second call inside the cool-down"
+    );
+    let (status, failures, error) = row(&app, "alice").await;
+    assert_eq!(
+        (status.as_str(), failures, error.as_deref()),
+        ("active", 1, Some("http_500"))
+    );
+    assert_eq!(
+        app.metric("token_store_refreshes_total", &[("outcome", "transient")])
+            .await,
         1.0
     );
 }
@@ -351,11 +450,16 @@ async fn a_provider_500_for_an_expired_token_is_503_with_retry_after() {
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::ServerError);
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &expired_body("down")).await;
+    app.put_token("alice", "google", &expired_body("down"))
+        .await;
 
     for _ in 0..2 {
         let response = access_token(&app, "alice", json!({})).await;
-        let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry_after: u64 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=30).contains(&retry_after), "{retry_after}");
         assert_problem(response, 503, "provider_unavailable").await;
     }
@@ -367,12 +471,19 @@ async fn a_provider_500_for_an_expired_token_is_503_with_retry_after() {
 #[tokio::test]
 async fn a_429_is_503_honouring_the_providers_retry_after() {
     let provider = FakeProvider::start().await;
-    provider.set_mode(Mode::TooManyRequests { retry_after_seconds: 120 });
+    provider.set_mode(Mode::TooManyRequests {
+        retry_after_seconds: 120,
+    });
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &expired_body("throttled")).await;
+    app.put_token("alice", "google", &expired_body("throttled"))
+        .await;
 
     let response = access_token(&app, "alice", json!({})).await;
-    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((100..=120).contains(&retry_after), "{retry_after}");
     assert_problem(response, 503, "provider_unavailable").await;
     let again = access_token(&app, "alice", json!({})).await;
@@ -385,7 +496,8 @@ async fn a_provider_timeout_is_503_and_recorded() {
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::Slow(Duration::from_secs(4), &Mode::Success));
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &expired_body("timeout")).await;
+    app.put_token("alice", "google", &expired_body("timeout"))
+        .await;
 
     let response = access_token(&app, "alice", json!({})).await;
     assert_problem(response, 503, "provider_unavailable").await;
@@ -452,7 +564,8 @@ async fn access_token_rejects_bad_bodies() {
 #[tokio::test]
 async fn a_refresh_for_an_unconfigured_provider_is_422() {
     let app = TestApp::spawn().await;
-    app.put_token("alice", "google", &expired_body("unconfigured")).await;
+    app.put_token("alice", "google", &expired_body("unconfigured"))
+        .await;
     let response = access_token(&app, "alice", json!({})).await;
     assert_problem(response, 422, "provider_not_configured").await;
     let forced = app
@@ -481,10 +594,14 @@ async fn revoke_sends_the_token_to_the_provider_then_deletes_the_row() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    assert_eq!(provider.revoked(), vec![body["refreshToken"].as_str().unwrap().to_owned()]);
+    assert_eq!(
+        provider.revoked(),
+        vec![body["refreshToken"].as_str().unwrap().to_owned()]
+    );
     assert_eq!(app.row_count().await, 0);
     assert_eq!(
-        app.metric("token_store_revocations_total", &[("outcome", "revoked")]).await,
+        app.metric("token_store_revocations_total", &[("outcome", "revoked")])
+            .await,
         1.0
     );
 }
@@ -494,7 +611,8 @@ async fn a_failing_revoke_endpoint_still_deletes_and_is_counted() {
     let provider = FakeProvider::start().await;
     provider.fail_revocations(503);
     let app = TestApp::spawn_with_provider(&provider).await;
-    app.put_token("alice", "google", &token_body("revoke-fails")).await;
+    app.put_token("alice", "google", &token_body("revoke-fails"))
+        .await;
 
     let response = app
         .http
@@ -506,7 +624,11 @@ async fn a_failing_revoke_endpoint_still_deletes_and_is_counted() {
     assert_eq!(response.status(), 204);
     assert_eq!(app.row_count().await, 0);
     assert_eq!(
-        app.metric("token_store_revocations_total", &[("provider", "google"), ("outcome", "failed")]).await,
+        app.metric(
+            "token_store_revocations_total",
+            &[("provider", "google"), ("outcome", "failed")]
+        )
+        .await,
         1.0
     );
 }
@@ -516,7 +638,9 @@ async fn erasing_a_user_revokes_each_grant() {
     let provider = FakeProvider::start().await;
     let first = TestApp::spawn_with_provider(&provider).await;
     let mut config = first.config();
-    config.providers.insert("google".into(), provider.settings());
+    config
+        .providers
+        .insert("google".into(), provider.settings());
     let mut microsoft = provider.settings();
     microsoft.kind = Some(token_store::providers::ProviderKind::Oauth2);
     microsoft.rotates_refresh_tokens = true;
