@@ -2,6 +2,7 @@
 //! module owns its routes; they are merged here, and the same [`app`] serves production
 //! and tests.
 
+mod audit;
 mod error;
 mod extract;
 mod health;

@@ -8,6 +8,7 @@ use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+use super::audit::{audited, Event};
 use super::error::ApiError;
 use super::extract::{Caller, Json, OptionalJson, TokenPath, UserPath};
 use super::AppState;
@@ -127,23 +128,33 @@ async fn access_token(
     path: TokenPath,
     OptionalJson(body): OptionalJson<AccessTokenBody>,
 ) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
-    caller.require(Permission::Read)?;
-    let body = body.unwrap_or_default();
-    let scopes = Scope::parse_list(body.scopes.as_deref().unwrap_or_default())?;
-    let min_validity = match body.min_validity_seconds {
-        Some(s) if s > MAX_MIN_VALIDITY_SECONDS => {
-            return Err(ApiError::invalid(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "minValiditySeconds must be at most 86400",
-            ))
-        }
-        s => s.map(|s| Duration::from_secs(s.into())),
+    let work = async {
+        caller.require(Permission::Read)?;
+        let body = body.unwrap_or_default();
+        let scopes = Scope::parse_list(body.scopes.as_deref().unwrap_or_default())?;
+        let min_validity = match body.min_validity_seconds {
+            Some(s) if s > MAX_MIN_VALIDITY_SECONDS => {
+                return Err(ApiError::invalid(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "minValiditySeconds must be at most 86400",
+                ))
+            }
+            s => s.map(|s| Duration::from_secs(s.into())),
+        };
+        let grant = state
+            .refresher
+            .access_token(&path.user, &path.provider, &scopes, min_validity)
+            .await?;
+        Ok(axum::Json(grant.into()))
     };
-    let grant = state
-        .refresher
-        .access_token(&path.user, &path.provider, &scopes, min_validity)
-        .await?;
-    Ok(axum::Json(grant.into()))
+    audited(
+        Event::AccessToken,
+        &caller,
+        &path.user,
+        Some(&path.provider),
+        work,
+    )
+    .await
 }
 
 async fn force_refresh(
@@ -151,12 +162,22 @@ async fn force_refresh(
     caller: Caller,
     path: TokenPath,
 ) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
-    caller.require(Permission::Refresh)?;
-    let grant = state
-        .refresher
-        .force_refresh(&path.user, &path.provider)
-        .await?;
-    Ok(axum::Json(grant.into()))
+    let work = async {
+        caller.require(Permission::Refresh)?;
+        let grant = state
+            .refresher
+            .force_refresh(&path.user, &path.provider)
+            .await?;
+        Ok(axum::Json(grant.into()))
+    };
+    audited(
+        Event::Refresh,
+        &caller,
+        &path.user,
+        Some(&path.provider),
+        work,
+    )
+    .await
 }
 
 async fn store_token(
@@ -165,13 +186,23 @@ async fn store_token(
     path: TokenPath,
     Json(body): Json<StoreTokenBody>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::Write)?;
-    let token = body.parse()?;
-    state
-        .vault
-        .store(&path.user, &path.provider, &token)
-        .await?;
-    Ok(StatusCode::NO_CONTENT)
+    let work = async {
+        caller.require(Permission::Write)?;
+        let token = body.parse()?;
+        state
+            .vault
+            .store(&path.user, &path.provider, &token)
+            .await?;
+        Ok(StatusCode::NO_CONTENT)
+    };
+    audited(
+        Event::Store,
+        &caller,
+        &path.user,
+        Some(&path.provider),
+        work,
+    )
+    .await
 }
 
 async fn get_token(
@@ -179,13 +210,16 @@ async fn get_token(
     caller: Caller,
     path: TokenPath,
 ) -> Result<axum::Json<StoredTokenBody>, ApiError> {
-    caller.require(Permission::Read)?;
-    let with_refresh = caller.0.has(Permission::ReadRefreshToken);
-    let stored = state
-        .vault
-        .get(&path.user, &path.provider, with_refresh)
-        .await?;
-    Ok(axum::Json(stored.into()))
+    let work = async {
+        caller.require(Permission::Read)?;
+        let with_refresh = caller.0.has(Permission::ReadRefreshToken);
+        let stored = state
+            .vault
+            .get(&path.user, &path.provider, with_refresh)
+            .await?;
+        Ok(axum::Json(stored.into()))
+    };
+    audited(Event::Read, &caller, &path.user, Some(&path.provider), work).await
 }
 
 async fn delete_token(
@@ -193,16 +227,26 @@ async fn delete_token(
     caller: Caller,
     path: TokenPath,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::Revoke)?;
-    revoke::revoke_and_delete(
-        &state.vault,
-        &state.providers,
-        &state.metrics,
+    let work = async {
+        caller.require(Permission::Revoke)?;
+        revoke::revoke_and_delete(
+            &state.vault,
+            &state.providers,
+            &state.metrics,
+            &path.user,
+            &path.provider,
+        )
+        .await?;
+        Ok(StatusCode::NO_CONTENT)
+    };
+    audited(
+        Event::Revoke,
+        &caller,
         &path.user,
-        &path.provider,
+        Some(&path.provider),
+        work,
     )
-    .await?;
-    Ok(StatusCode::NO_CONTENT)
+    .await
 }
 
 async fn delete_user_tokens(
@@ -210,7 +254,11 @@ async fn delete_user_tokens(
     caller: Caller,
     UserPath(user): UserPath,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::Revoke)?;
-    revoke::revoke_and_delete_user(&state.vault, &state.providers, &state.metrics, &user).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let work = async {
+        caller.require(Permission::Revoke)?;
+        revoke::revoke_and_delete_user(&state.vault, &state.providers, &state.metrics, &user)
+            .await?;
+        Ok(StatusCode::NO_CONTENT)
+    };
+    audited(Event::EraseUser, &caller, &user, None, work).await
 }

@@ -33,6 +33,7 @@ static INIT: Once = Once::new();
 
 /// Everything the code under test logs, for the secret-leak checks.
 pub fn captured_logs() -> String {
+    init_process();
     String::from_utf8_lossy(&log_buffer().lock().unwrap()).into_owned()
 }
 
@@ -66,9 +67,13 @@ fn init_process() {
                 std::env::set_var(name, value);
             }
         }
-        // Every log line at debug level and above (more than production's info) is kept.
+        // Every log line at debug level and above (more than production's info) is kept,
+        // as JSON lines like production's.
         let writer = BufferWriter(log_buffer().clone());
         let _ = tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
             .with_env_filter("debug")
             .with_writer(move || writer.clone())
             .try_init();

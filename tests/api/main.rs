@@ -1,5 +1,6 @@
 //! Integration tests: the service against a real PostgreSQL and a real LocalStack KMS.
 
+mod audit;
 mod auth;
 mod bad_input;
 mod binary;

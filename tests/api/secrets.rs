@@ -3,10 +3,13 @@
 use serde_json::json;
 
 use crate::helpers::{captured_logs, token_body, TestApp, FULL_KEY, RW_KEY};
+use crate::provider::{FakeProvider, Mode, CLIENT_SECRET};
 
 #[tokio::test]
 async fn logs_of_a_whole_session_contain_no_token() {
-    let app = TestApp::spawn().await;
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Rotate);
+    let app = TestApp::spawn_with_provider(&provider).await;
     let body = token_body("log-leak");
     let access = body["accessToken"].as_str().unwrap().to_owned();
     let refresh = body["refreshToken"].as_str().unwrap().to_owned();
@@ -14,6 +17,23 @@ async fn logs_of_a_whole_session_contain_no_token() {
     app.put_token("alice", "google", &body).await;
     app.get_token("alice", "google", FULL_KEY).await;
     app.get_token("alice", "google", RW_KEY).await;
+    // A refresh with rotation, then a revocation at the provider.
+    let refreshed = app
+        .http
+        .post(format!("{}/refresh", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+    app.put_token("carol", "google", &body).await;
+    app.http
+        .delete(app.token_url("carol", "google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(provider.revoked().len(), 1);
     // A cold read through another instance, so KMS Decrypt runs and logs too.
     app.sibling()
         .await
@@ -43,11 +63,16 @@ async fn logs_of_a_whole_session_contain_no_token() {
     let logs = captured_logs();
     assert!(logs.contains("alice"), "the logs were captured");
     assert!(logs.contains("request failed"), "the 500 was logged");
-    for secret in [&access, &refresh] {
+    let issued = [provider.access_token(1), provider.refresh_token(1)];
+    for secret in [&access, &refresh, &issued[0], &issued[1]] {
         assert!(
             !logs.contains(secret.as_str()),
             "a token appeared in the logs"
         );
     }
+    assert!(
+        !logs.contains(CLIENT_SECRET),
+        "the client secret appeared in the logs"
+    );
     assert!(!logs.contains(FULL_KEY), "an API key appeared in the logs");
 }

@@ -1,0 +1,101 @@
+//! One structured audit event per token operation, never a secret.
+
+use serde_json::{json, Value};
+
+use crate::helpers::{captured_logs, token_body, TestApp, FULL_KEY, READ_KEY};
+use crate::provider::FakeProvider;
+
+fn audit_events() -> Vec<Value> {
+    captured_logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "token_store::audit")
+        .collect()
+}
+
+#[tokio::test]
+async fn every_token_operation_leaves_one_audit_event() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let body = token_body("audit");
+    let url = app.token_url("audited-user", "google");
+
+    app.put_token("audited-user", "google", &body).await;
+    app.get_token("audited-user", "google", FULL_KEY).await;
+    app.http
+        .post(format!("{url}/access-token"))
+        .bearer_auth(FULL_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    app.http
+        .post(format!("{url}/refresh"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    // Refused for lack of permission: audited with its code.
+    app.http
+        .put(&url)
+        .bearer_auth(READ_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    app.http
+        .delete(&url)
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    app.get_token("audited-user", "google", FULL_KEY).await;
+    app.http
+        .delete(format!("{}/v1/users/audited-user/tokens", app.address))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+
+    let events: Vec<(String, String, String, String, String)> = audit_events()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("event"),
+                s("client"),
+                s("user_id"),
+                s("provider"),
+                s("outcome"),
+            )
+        })
+        .collect();
+    let expected = [
+        ("token.store", "full", "ok"),
+        ("token.read", "full", "ok"),
+        ("token.access_token", "full", "ok"),
+        ("token.refresh", "full", "ok"),
+        ("token.store", "reader", "forbidden"),
+        ("token.revoke", "full", "ok"),
+        ("token.read", "full", "token_not_found"),
+        ("user.erase", "full", "ok"),
+    ];
+    assert_eq!(events.len(), expected.len(), "{events:?}");
+    for (got, (event, client, outcome)) in events.iter().zip(expected) {
+        assert_eq!(got.0, event);
+        assert_eq!(got.1, client);
+        assert_eq!(got.2, "audited-user");
+        assert_eq!(got.3, if event == "user.erase" { "*" } else { "google" });
+        assert_eq!(got.4, outcome);
+    }
+    // Each carries its request id (from the request span).
+    for event in audit_events() {
+        let id = event["span"]["request_id"].as_str().unwrap_or_default();
+        assert_eq!(id.len(), 36, "{event}");
+    }
+    let logs = captured_logs();
+    for secret in [&body["accessToken"], &body["refreshToken"]] {
+        assert!(!logs.contains(secret.as_str().unwrap()));
+    }
+    assert!(!logs.contains(&provider.access_token(1)));
+}
