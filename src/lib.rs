@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod providers;
 pub mod refresh;
 pub mod revoke;
+pub mod rewrap;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

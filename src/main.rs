@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use token_store::config::Config;
+use token_store::crypto::{CacheSettings, Envelope};
+use token_store::metrics::Metrics;
+use token_store::rewrap::{rewrap_all, RewrapOptions};
 use token_store::startup::{self, Application};
 use token_store::{store, telemetry};
 
@@ -31,6 +34,18 @@ enum Command {
     Migrate {
         #[arg(long, env = "TOKEN_STORE_CONFIG")]
         config: PathBuf,
+    },
+    /// Re-wrap every row's data key under another KMS key (KMS ReEncrypt), in batches;
+    /// resumable and idempotent.
+    Rewrap {
+        #[arg(long, env = "TOKEN_STORE_CONFIG")]
+        config: PathBuf,
+        /// The KMS key (id, ARN or alias) to wrap every data key under.
+        #[arg(long)]
+        to_key: String,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
     },
     /// Print the SHA-256 (hex) of an API key read from standard input, for `[[clients]]`.
     HashKey,
@@ -62,6 +77,42 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let db = startup::connect(&config.database).await?;
             store::migrate(&db).await?;
             tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Rewrap {
+            config,
+            to_key,
+            batch_size,
+        } => {
+            let config = Config::load(&config)?;
+            telemetry::init(config.server.log_format);
+            let db = startup::connect(&config.database).await?;
+            let envelope = Envelope::new(
+                startup::kms_client(&config.kms).await,
+                to_key.clone(),
+                CacheSettings {
+                    ttl: config.kms.cache_ttl(),
+                    max_entries: 1,
+                },
+                Metrics::new(),
+            );
+            let options = RewrapOptions {
+                batch_size: batch_size.clamp(1, 10_000),
+                ..RewrapOptions::default()
+            };
+            let report = rewrap_all(&db, &envelope, &to_key, options, |line| {
+                println!("{line}");
+            })
+            .await?;
+            println!(
+                "rewrap done: {} rewrapped, {} raced with the service and retried, {} remaining",
+                report.rewrapped, report.raced, report.remaining
+            );
+            anyhow::ensure!(
+                report.remaining == 0,
+                "{} rows are still under another key (written concurrently); run rewrap again",
+                report.remaining
+            );
             Ok(())
         }
         Command::HashKey => {

@@ -292,3 +292,73 @@ pub async fn record_transient_failure(
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// The identity and wrapped key of a row, for rewrapping.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WrappedKeyRow {
+    pub id: i64,
+    pub user_id: String,
+    pub provider: String,
+    pub kms_key_id: String,
+    pub wrapped_data_key: Vec<u8>,
+    pub version: i64,
+}
+
+/// The next rows (by id, after `after_id`) whose data key is not wrapped under `key_arn`.
+pub async fn rows_not_under_key(
+    db: impl PgExecutor<'_>,
+    key_arn: &str,
+    after_id: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<WrappedKeyRow>> {
+    sqlx::query_as(
+        r#"
+        select id, user_id, provider, kms_key_id, wrapped_data_key, version
+        from integration_tokens
+        where kms_key_id <> $1 and id > $2
+        order by id
+        limit $3
+        "#,
+    )
+    .bind(key_arn)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// How many rows are not wrapped under `key_arn`.
+pub async fn count_not_under_key(db: impl PgExecutor<'_>, key_arn: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar("select count(*) from integration_tokens where kms_key_id <> $1")
+        .bind(key_arn)
+        .fetch_one(db)
+        .await
+}
+
+/// Replaces a row's wrapped data key if the row is still at `version` (a concurrent store
+/// or refresh wins, and is picked up by the next pass). `true` if replaced.
+pub async fn replace_wrapped_key(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    version: i64,
+    kms_key_id: &str,
+    wrapped_data_key: &[u8],
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        r#"
+        update integration_tokens set
+            kms_key_id = $3,
+            wrapped_data_key = $4,
+            version = version + 1,
+            updated_at = now()
+        where id = $1 and version = $2
+        "#,
+    )
+    .bind(id)
+    .bind(version)
+    .bind(kms_key_id)
+    .bind(wrapped_data_key)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -75,6 +75,53 @@ impl Kms {
         ))
     }
 
+    /// `ReEncrypt` of a wrapped data key to another KMS key, under the same encryption
+    /// context: the plaintext key never leaves KMS.
+    pub(super) async fn re_encrypt(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+        to_key_id: &str,
+    ) -> Result<WrappedKey, CryptoError> {
+        let context = encryption_context(context);
+        let result = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+            // LocalStack (and good practice) wants the source key named explicitly.
+            .source_key_id(&wrapped.key_id)
+            .destination_key_id(to_key_id)
+            .set_source_encryption_context(Some(context.clone()))
+            .set_destination_encryption_context(Some(context))
+            .send()
+            .await;
+        let output = self.record("ReEncrypt", result)?;
+        let blob = output
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .unwrap_or_default();
+        if blob.is_empty() {
+            return Err(CryptoError::KmsUnavailable(anyhow::anyhow!(
+                "ReEncrypt returned no ciphertext"
+            )));
+        }
+        let key_id = output.key_id.unwrap_or_else(|| to_key_id.to_owned());
+        Ok(WrappedKey { key_id, blob })
+    }
+
+    /// The ARN of an enabled key named by id, ARN or alias.
+    pub(super) async fn key_arn(&self, key_id: &str) -> Result<String, CryptoError> {
+        let result = self.client.describe_key().key_id(key_id).send().await;
+        let output = self.record("DescribeKey", result)?;
+        let metadata = output.key_metadata();
+        match metadata.map(|m| (m.key_state(), m.arn())) {
+            Some((Some(KeyState::Enabled), Some(arn))) => Ok(arn.to_owned()),
+            _ => Err(CryptoError::KmsUnavailable(anyhow::anyhow!(
+                "the KMS key {key_id} is not enabled"
+            ))),
+        }
+    }
+
     /// `DescribeKey`: the configured key exists and is enabled.
     pub(super) async fn check_key(&self) -> Result<(), CryptoError> {
         let result = self.client.describe_key().key_id(&self.key_id).send().await;

@@ -194,6 +194,22 @@ impl Envelope {
         })
     }
 
+    /// The same data key, wrapped under another KMS key (`ReEncrypt`); the plaintext key
+    /// never leaves KMS and the encryption context stays the row's.
+    pub async fn rewrap(
+        &self,
+        wrapped: &WrappedKey,
+        context: &KeyContext,
+        to_key_arn: &str,
+    ) -> Result<WrappedKey, CryptoError> {
+        self.kms.re_encrypt(wrapped, context, to_key_arn).await
+    }
+
+    /// The ARN of an enabled KMS key named by id, ARN or alias.
+    pub async fn key_arn(&self, key_id: &str) -> Result<String, CryptoError> {
+        self.kms.key_arn(key_id).await
+    }
+
     /// KMS answers and the configured key is enabled.
     pub async fn check_ready(&self) -> Result<(), CryptoError> {
         self.kms.check_key().await

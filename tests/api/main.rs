@@ -11,5 +11,6 @@ mod kms_outage;
 mod provider;
 mod proxy;
 mod refresh;
+mod rewrap;
 mod secrets;
 mod tokens;
