@@ -2,7 +2,8 @@
 //! instances in one process (as in the tests) count apart.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -13,6 +14,7 @@ pub struct Metrics {
     pub kms_calls: IntCounterVec,
     pub unwrap_cache_hits: IntCounter,
     pub unwrap_cache_misses: IntCounter,
+    pub unwrap_cache_entries: IntGauge,
     pub refreshes: IntCounterVec,
     pub refresh_joins: IntCounter,
     pub provider_latency: HistogramVec,
@@ -71,6 +73,17 @@ impl Metrics {
                 "unwrap_cache_misses_total",
                 "Data-key unwrap cache misses (each may cost one KMS Decrypt)",
             ),
+            unwrap_cache_entries: {
+                let g = IntGauge::new(
+                    "unwrap_cache_entries",
+                    "Unwrapped data keys held in the cache (at the last scrape)",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             refreshes: counter_vec(
                 "refreshes_total",
                 "Token refreshes by provider and outcome",

@@ -46,6 +46,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let cached = state.vault.envelope().cached_keys().await;
+    state
+        .metrics
+        .unwrap_cache_entries
+        .set(i64::try_from(cached).unwrap_or(i64::MAX));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
