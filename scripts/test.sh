@@ -13,13 +13,9 @@ log() { printf '[test] %s\n' "$*" >&2; }
 scripts/postgres.sh ensure
 scripts/localstack.sh start
 eval "$(scripts/localstack.sh env)"
-# The tests default to postgres://postgres@127.0.0.1:5432. Export the variable only when it
-# must differ: the binary reads every TOKEN_STORE_* variable as configuration and refuses
-# unknown ones, so an exported TOKEN_STORE_TEST_DATABASE_URL makes the end-to-end tests'
-# `token-store migrate/serve` fail ("unknown field test_database_url").
-if [[ -z "${TOKEN_STORE_TEST_DATABASE_URL:-}" && ( -n "${PGHOST:-}" || -n "${PGPORT:-}" ) ]]; then
-  export TOKEN_STORE_TEST_DATABASE_URL="postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}"
-fi
+# Where the tests create their databases (not TOKEN_STORE_*: the binary reads every such
+# variable as configuration).
+export TS_TEST_DATABASE_URL="${TS_TEST_DATABASE_URL:-postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}}"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest $NEXTEST_VERSION"

@@ -19,7 +19,7 @@ fn free_port() -> u16 {
 
 async fn empty_database() -> String {
     use sqlx::{Connection, Executor};
-    let server = std::env::var("TOKEN_STORE_TEST_DATABASE_URL")
+    let server = std::env::var("TS_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let name = format!("ts_e2e_{}", uuid::Uuid::new_v4().simple());
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))

@@ -25,7 +25,7 @@ pub fn kms_endpoint() -> String {
 }
 
 fn database_server_url() -> String {
-    std::env::var("TOKEN_STORE_TEST_DATABASE_URL")
+    std::env::var("TS_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
