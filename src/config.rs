@@ -173,6 +173,51 @@ impl RefreshConfig {
     }
 }
 
+/// `TOKEN_STORE_<SECTION>__<KEY>` variables of the known sections (and `TOKEN_STORE_CLIENTS`,
+/// a TOML array). Other `TOKEN_STORE_*` names (`TOKEN_STORE_CONFIG`, a script's own) are
+/// not configuration and are left alone.
+fn environment() -> Env {
+    const SECTIONS: [&str; 6] = [
+        "server",
+        "database",
+        "kms",
+        "refresh",
+        "providers",
+        "clients",
+    ];
+    Env::prefixed("TOKEN_STORE_")
+        .filter(|key| {
+            let section = key.as_str().split("__").next().unwrap_or_default();
+            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+        })
+        .split("__")
+}
+
+/// A secret that may arrive as any scalar: `TOKEN_STORE_..._CLIENT_SECRET=123456` is read
+/// by the environment provider as a number, and must still be taken as text.
+pub fn scalar_secret<'de, D>(deserializer: D) -> Result<SecretString, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Signed(i64),
+        Unsigned(u64),
+        Float(f64),
+        Bool(bool),
+    }
+    let text = match Scalar::deserialize(deserializer)? {
+        Scalar::Text(s) => s,
+        Scalar::Signed(n) => n.to_string(),
+        Scalar::Unsigned(n) => n.to_string(),
+        Scalar::Float(n) => n.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    };
+    Ok(SecretString::from(text))
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
@@ -189,7 +234,7 @@ impl Config {
             bail!("configuration file {} does not exist", path.display());
         }
         Figment::from(Toml::file(path))
-            .merge(Env::prefixed("TOKEN_STORE_").split("__"))
+            .merge(environment())
             .extract()
             .with_context(|| {
                 format!(
@@ -218,5 +263,68 @@ impl Config {
                     .map_err(anyhow::Error::msg)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+    use secrecy::ExposeSecret;
+
+    const FILE: &str = r#"
+        [database]
+        url = "postgres://from-file/db"
+
+        [kms]
+        key_id = "alias/from-file"
+
+        [providers.google]
+        client_id = "id"
+        client_secret = "from-file"
+    "#;
+
+    #[test]
+    fn environment_overrides_the_file_and_other_prefixed_names_are_ignored() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token-store.toml", FILE)?;
+            jail.set_env("TOKEN_STORE_KMS__KEY_ID", "alias/from-env");
+            jail.set_env("TOKEN_STORE_PROVIDERS__GOOGLE__CLIENT_SECRET", "123456");
+            jail.set_env("TOKEN_STORE_REFRESH__BUFFER_SECONDS", "60");
+            jail.set_env("TOKEN_STORE_CONFIG", "token-store.toml");
+            jail.set_env("TOKEN_STORE_CACHE_DIR", "/tmp/elsewhere");
+            let config = Config::load(Path::new("token-store.toml")).map_err(|e| e.to_string())?;
+            assert_eq!(config.kms_key_id().unwrap(), "alias/from-env");
+            assert_eq!(
+                config.database.url.expose_secret(),
+                "postgres://from-file/db"
+            );
+            assert_eq!(config.refresh.buffer_seconds, 60);
+            let google = &config.providers["google"];
+            assert_eq!(google.client_secret.expose_secret(), "123456");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_kms_key_is_refused_with_a_clear_message() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token-store.toml", "[database]\nurl = \"postgres://x/y\"\n")?;
+            let config = Config::load(Path::new("token-store.toml")).map_err(|e| e.to_string())?;
+            let err = config.kms_key_id().unwrap_err().to_string();
+            assert!(err.contains("no KMS key configured"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_provider_timeout_must_be_shorter_than_the_lock_timeout() {
+        let config = RefreshConfig {
+            provider_timeout_ms: 5_000,
+            lock_timeout_ms: 5_000,
+            ..RefreshConfig::default()
+        };
+        assert!(config.settings().is_err());
+        assert!(RefreshConfig::default().settings().is_ok());
     }
 }

@@ -41,6 +41,7 @@ pub struct ProviderSettings {
     #[serde(default)]
     pub kind: Option<ProviderKind>,
     pub client_id: String,
+    #[serde(deserialize_with = "crate::config::scalar_secret")]
     pub client_secret: SecretString,
     pub token_endpoint: Option<String>,
     pub revoke_endpoint: Option<String>,
