@@ -4,8 +4,10 @@
 # database and migrations, then `token-store serve` in the background.
 #
 # Usage: scripts/run.sh [start|stop]      (idempotent: a second start restarts the service)
-# Environment: TOKEN_STORE_CONFIG (default localstack/token-store.toml), PORT of the
-# service comes from that file (127.0.0.1:8080); LOCALSTACK_PORT (4566).
+# Environment: TOKEN_STORE_CONFIG (default localstack/token-store.toml, relative to the
+# repository root); the service's address comes from that file (127.0.0.1:8080) or
+# TOKEN_STORE_SERVER__LISTEN; LOCALSTACK_PORT (4566); CARGO_TARGET_DIR (target).
+# Log and pid file: .local/token-store.log, .local/token-store.pid.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,22 +19,46 @@ BIN="${CARGO_TARGET_DIR:-target}/release/token-store"
 
 log() { printf '[run] %s\n' "$*" >&2; }
 
+# PID from the pid file if that process is alive and is a token-store (guards against a
+# reused PID after a reboot or a crash).
+service_pid() {
+  [[ -f "$PID_FILE" ]] || return 1
+  local pid
+  pid="$(tr -dc '0-9' <"$PID_FILE")"
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'token-store serve' || return 1
+  echo "$pid"
+}
+
 stop_service() {
-  if [[ -f "$PID_FILE" ]] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
-    local pid
-    pid="$(cat "$PID_FILE")"
+  local pid
+  if pid="$(service_pid)"; then
     log "stopping the running token-store (pid $pid)"
     kill -TERM "$pid"
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    if kill -0 "$pid" 2>/dev/null; then
+      log "still running after 10 s; sending SIGKILL"
+      kill -KILL "$pid"
+    fi
+  else
+    log "no token-store started by this script is running"
   fi
   rm -f "$PID_FILE"
 }
 
-if [[ "${1:-start}" == "stop" ]]; then
-  stop_service
-  exit 0
-fi
+# The binary reads every TOKEN_STORE_* variable as a configuration override and refuses
+# unknown ones, so the variables meant for the scripts and tests (and TOKEN_STORE_CONFIG:
+# the file is passed with --config) must not reach it.
+token_store() {
+  env -u TOKEN_STORE_CONFIG -u TOKEN_STORE_CACHE_DIR -u TOKEN_STORE_TEST_DATABASE_URL \
+    "$BIN" "$@"
+}
+
+case "${1:-start}" in
+  start) ;;
+  stop) stop_service; exit 0 ;;
+  *) log "unknown command '$1'. Usage: $0 [start|stop]"; exit 2 ;;
+esac
 
 mkdir -p .local
 scripts/postgres.sh createdb token_store
@@ -43,14 +69,16 @@ log "building token-store (release)"
 cargo build --release --locked --bin token-store
 
 stop_service
-"$BIN" migrate --config "$CONFIG"
+token_store migrate --config "$CONFIG"
 
 log "starting token-store serve --config $CONFIG (log: $LOG_FILE)"
-setsid nohup "$BIN" serve --config "$CONFIG" >"$LOG_FILE" 2>&1 < /dev/null &
+# NO_COLOR: the log is a file, keep ANSI colour codes out of it.
+setsid nohup env -u TOKEN_STORE_CONFIG -u TOKEN_STORE_CACHE_DIR -u TOKEN_STORE_TEST_DATABASE_URL \
+  NO_COLOR=1 "$BIN" serve --config "$CONFIG" >"$LOG_FILE" 2>&1 < /dev/null &
 echo $! > "$PID_FILE"
 
 listen="$(sed -n 's/^listen *= *"\(.*\)"/\1/p' "$CONFIG" | head -n 1)"
-listen="${TOKEN_STORE_SERVER__LISTEN:-$listen}"
+listen="${TOKEN_STORE_SERVER__LISTEN:-${listen:-127.0.0.1:8080}}"  # 127.0.0.1:8080: the built-in default
 for _ in $(seq 1 100); do
   if curl -fsS "http://$listen/readyz" >/dev/null 2>&1; then
     log "token-store is ready at http://$listen (pid $(cat "$PID_FILE")); stop it with: scripts/run.sh stop"
