@@ -84,13 +84,21 @@ async fn distinct_rows_each_cost_one_decrypt() {
 async fn the_cache_is_bounded_by_its_maximum_entries() {
     let writer = TestApp::spawn().await;
     for i in 0..12 {
-        writer.put_token(&format!("u{i}"), "google", &token_body("bounded")).await;
+        writer
+            .put_token(&format!("u{i}"), "google", &token_body("bounded"))
+            .await;
     }
     let mut config = writer.config();
     config.kms.cache_max_entries = 5;
     let reader = TestApp::spawn_with(config).await;
     for i in 0..12 {
-        assert_eq!(reader.get_token(&format!("u{i}"), "google", FULL_KEY).await.status(), 200);
+        assert_eq!(
+            reader
+                .get_token(&format!("u{i}"), "google", FULL_KEY)
+                .await
+                .status(),
+            200
+        );
     }
     let entries = reader.metric("token_store_unwrap_cache_entries", &[]).await;
     assert!((1.0..=5.0).contains(&entries), "{entries}");
