@@ -1,0 +1,87 @@
+//! KMS economy: Decrypts per distinct data key on a cold then a warm pass (and the memory
+//! the cold pass's keys take), and KMS calls per refresh.
+
+use sqlx::PgPool;
+
+use crate::load::{self, Connection, Run};
+use crate::provider::FakeProvider;
+use crate::report::{Pass, Refresh};
+use crate::service::{Metrics, Service};
+use crate::setup;
+
+pub struct Passes {
+    pub distinct_keys: i64,
+    pub cold: Pass,
+    pub warm: Pass,
+    pub rss_before_kib: u64,
+    pub rss_after_cold_kib: u64,
+}
+
+/// A cold pass then a warm pass over `users`. `service` must have just started (empty
+/// unwrap cache). `warm_up_user`, not one of `users`, is read first on every connection so
+/// that pools and buffers exist before memory is measured.
+pub async fn passes(
+    service: &Service,
+    connections: &mut [Connection],
+    db: &PgPool,
+    users: &[u64],
+    warm_up_user: u64,
+) -> anyhow::Result<Passes> {
+    let warm_up = vec![warm_up_user; connections.len() * 4];
+    load::pass(connections, &warm_up).await;
+    let distinct_keys = setup::distinct_keys(db, users).await?;
+    let rss_before_kib = service.rss_kib()?;
+    let before = service.metrics().await?;
+
+    let cold = load::pass(connections, users).await;
+    let after_cold = service.metrics().await?;
+    let rss_after_cold_kib = service.rss_kib()?;
+
+    let warm = load::pass(connections, users).await;
+    let after_warm = service.metrics().await?;
+
+    Ok(Passes {
+        distinct_keys,
+        cold: pass(&cold, &before, &after_cold, distinct_keys),
+        warm: pass(&warm, &after_cold, &after_warm, distinct_keys),
+        rss_before_kib,
+        rss_after_cold_kib,
+    })
+}
+
+fn pass(run: &Run, from: &Metrics, to: &Metrics, distinct_keys: i64) -> Pass {
+    let decrypts = to.kms_decrypts() - from.kms_decrypts();
+    Pass {
+        requests: run.ok + run.errors,
+        errors: run.errors,
+        seconds: run.elapsed.as_secs_f64(),
+        decrypts,
+        decrypts_per_key: decrypts / distinct_keys.max(1) as f64,
+        cache_hits: to.cache_hits() - from.cache_hits(),
+        cache_misses: to.cache_misses() - from.cache_misses(),
+    }
+}
+
+/// Expires the tokens of `users` (their data keys are young and cached), then asks for an
+/// access token of each: every one is refreshed at the provider; KMS should not be called.
+pub async fn refresh(
+    service: &Service,
+    connections: &mut [Connection],
+    db: &PgPool,
+    provider: &FakeProvider,
+    users: &[u64],
+) -> anyhow::Result<Refresh> {
+    setup::expire(db, users).await?;
+    let before = service.metrics().await?;
+    let provider_before = provider.calls();
+    let run = load::pass(connections, users).await;
+    let after = service.metrics().await?;
+    let kms_calls = after.kms_calls() - before.kms_calls();
+    Ok(Refresh {
+        tokens: users.len() as u64,
+        succeeded: run.ok,
+        kms_calls,
+        kms_calls_per_refresh: kms_calls / users.len().max(1) as f64,
+        provider_calls: provider.calls() - provider_before,
+    })
+}

@@ -1,0 +1,392 @@
+//! `bench`: the benchmark of issue 4, in one run.
+//!
+//! It starts the real `token-store serve` (the binary next to this one) against a fresh
+//! PostgreSQL database, a fresh LocalStack KMS key and an in-process fake Google token
+//! endpoint, seeds users through the API, then measures:
+//!
+//! 1. warm reads (`POST .../access-token`) at several concurrencies, and `pgbench` running
+//!    the same lookup on the same table: PostgreSQL's own limit;
+//! 2. KMS economy: Decrypts per distinct data key on a cold then a warm pass after a restart,
+//!    the resident memory the cold pass's cached keys take, and KMS calls per refresh;
+//! 3. a refresh storm over several instances, with a background load;
+//! 4. that the unwrap cache stays within its maximum entry count.
+//!
+//! It prints markdown tables and writes the same figures as JSON. `scripts/bench.sh` builds
+//! it in release mode and runs it; `--smoke` is a seconds-long run for the test suite.
+//! Its own work (load generation) runs on one thread, so it takes at most one core.
+
+/// Progress on standard error.
+macro_rules! log {
+    ($($arg:tt)*) => { eprintln!("[bench] {}", format!($($arg)*)) };
+}
+
+mod bound;
+mod kms;
+mod load;
+mod pgbench;
+mod provider;
+mod reads;
+mod report;
+mod seed;
+mod service;
+mod setup;
+mod storm;
+mod sys;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sqlx::PgPool;
+
+use crate::provider::FakeProvider;
+use crate::report::{Kms, Memory, Parameters, Results};
+use crate::service::{Launcher, Service, ServiceConfig, API_KEY};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks token-store against PostgreSQL's own limit (issue 4)")]
+struct Args {
+    /// Users seeded (one Google token each).
+    #[arg(long, default_value_t = 10_000)]
+    users: u64,
+    /// Seconds per measurement (pgbench rounds up to whole seconds).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Where the JSON results go; service configurations and logs go next to it.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+    /// A tiny, seconds-long run (20 users, 0.3 s measurements at concurrency 2, 4 and 8, a
+    /// 30-request storm) that checks the benchmark works, not the service's speed. Drops its
+    /// database at the end.
+    #[arg(long)]
+    smoke: bool,
+    /// Database to (re)create for the run.
+    #[arg(long, default_value = "token_store_bench")]
+    database: String,
+    /// PostgreSQL server, without a database name.
+    #[arg(
+        long,
+        env = "TOKEN_STORE_TEST_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432"
+    )]
+    database_server: String,
+    #[arg(
+        long,
+        env = "AWS_ENDPOINT_URL",
+        default_value = "http://127.0.0.1:4566"
+    )]
+    kms_endpoint: String,
+    /// Concurrencies of the warm-read measurement.
+    #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+    concurrency: Vec<usize>,
+    /// Delay of the fake provider's token endpoint.
+    #[arg(long, default_value_t = 200)]
+    provider_delay_ms: u64,
+    #[arg(long, default_value_t = 1_000)]
+    storm_requests: usize,
+    #[arg(long, default_value_t = 3)]
+    storm_instances: usize,
+    #[arg(long, default_value_t = 8)]
+    background_concurrency: usize,
+    /// Pace the storm's background load at this share of the warm-read throughput measured
+    /// at concurrency 16 (or the highest measured); 0 runs it as a closed loop, which
+    /// saturates the machine so that any extra work shows as queueing.
+    #[arg(long, default_value_t = 0.25)]
+    background_share: f64,
+    /// The background load of the storm reads this many users (each instance's cache is
+    /// warmed on them first).
+    #[arg(long, default_value_t = 1_000)]
+    background_users: u64,
+    #[arg(long, default_value_t = 32)]
+    seed_concurrency: usize,
+    /// Tokens expired and refreshed to count KMS calls per refresh.
+    #[arg(long, default_value_t = 100)]
+    refresh_tokens: u64,
+    /// `kms.cache_max_entries` of the measured instances.
+    #[arg(long, default_value_t = 100_000)]
+    cache_max_entries: u64,
+    /// `kms.cache_max_entries` of the instance that checks the bound.
+    #[arg(long, default_value_t = 1_000)]
+    bound_max_entries: u64,
+    /// `database.max_connections` of the service (default: the service's own default).
+    #[arg(long)]
+    pool_size: Option<u32>,
+    /// The `token-store` binary (default: the one next to this executable).
+    #[arg(long)]
+    service_bin: Option<PathBuf>,
+    /// Longest wait, in seconds, before each measurement for other work (a build, another
+    /// benchmark) to leave the machine quiet.
+    #[arg(long, default_value_t = 600)]
+    quiet_patience: u64,
+    /// Keep the services' logs (`<name>.log` next to the results); they are big.
+    #[arg(long)]
+    keep_service_logs: bool,
+}
+
+impl Args {
+    fn apply_smoke(&mut self) {
+        if self.smoke {
+            self.users = 20;
+            self.duration = 0.3;
+            // Few PostgreSQL connections: the test suite's databases share the server.
+            self.concurrency = vec![2, 4, 8];
+            self.storm_requests = 30;
+            self.background_concurrency = 2;
+            self.background_users = 10;
+            self.refresh_tokens = 5;
+            self.bound_max_entries = 5;
+            // The test suite runs beside it: nothing to wait for.
+            self.quiet_patience = 0;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    args.apply_smoke();
+    // LocalStack does not check signatures; the standard AWS chain only needs something.
+    // Set before any thread exists; the services inherit them.
+    for (name, value) in [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // On Ctrl-C or SIGTERM the run is dropped, and with it the services it started.
+    let results = runtime.block_on(async {
+        tokio::select! {
+            results = run(&args) => results,
+            () = interrupted() => anyhow::bail!("interrupted"),
+        }
+    })?;
+    println!("{}", results.markdown());
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(&args.out, json + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    log!("results written to {}", args.out.display());
+    Ok(())
+}
+
+async fn interrupted() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        Some(()) = async { terminate.as_mut()?.recv().await } => {},
+    }
+}
+
+async fn run(args: &Args) -> anyhow::Result<Results> {
+    let binary = service::binary(args.service_bin.clone())?;
+    let work_dir = args
+        .out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        .join("bench-work");
+    std::fs::create_dir_all(&work_dir)?;
+    let duration = Duration::from_secs_f64(args.duration);
+    let patience = Duration::from_secs(args.quiet_patience);
+    let n = args.users;
+    anyhow::ensure!(n >= 2, "--users must be at least 2");
+    // Users 1..=n are read; n + 1 is the storm's; n + 2 warms connections up.
+    let readers: Vec<u64> = (1..=n).collect();
+    let storm_user = n + 1;
+    let warm_up_user = n + 2;
+
+    log!("database {} on {}", args.database, args.database_server);
+    let database_url = setup::recreate_database(&args.database_server, &args.database).await?;
+    let kms_key_id = setup::create_kms_key(&args.kms_endpoint).await?;
+    let provider = FakeProvider::start(Duration::from_millis(args.provider_delay_ms)).await?;
+    let config = ServiceConfig {
+        database_url: database_url.clone(),
+        kms_key_id,
+        kms_endpoint: args.kms_endpoint.clone(),
+        provider: provider.addr,
+        cache_max_entries: args.cache_max_entries,
+        pool_size: args.pool_size,
+    };
+    let launcher = Launcher {
+        binary,
+        dir: work_dir.clone(),
+        keep_logs: args.keep_service_logs,
+    };
+    log!("starting {}", launcher.binary.display());
+    let service = launcher.start("a", &config).await?;
+    let db = PgPool::connect(&database_url).await?;
+    let machine = sys::Machine::describe(setup::postgres_version(&db).await?);
+
+    log!(
+        "seeding {} users at concurrency {}",
+        n + 2,
+        args.seed_concurrency
+    );
+    let all_users: Vec<u64> = (1..=n + 2).collect();
+    let seed = seed::seed(service.addr, &all_users, args.seed_concurrency).await?;
+    log!("seeded in {:.1} s ({:.0}/s)", seed.seconds, seed.per_second);
+    let lookup_plan = setup::lookup_plan(&db, 1).await?;
+
+    log!("warm-up pass over every user");
+    let mut connections = load::connect(&[service.addr], 16, API_KEY).await?;
+    load::pass(&mut connections, &readers).await;
+    drop(connections);
+    let reads = reads::compare(
+        &service,
+        &database_url,
+        n,
+        &args.concurrency,
+        duration,
+        &work_dir,
+        patience,
+    )
+    .await?;
+
+    log!("KMS economy: restarting the service (empty cache), cold pass then warm pass");
+    service.stop().await?;
+    let service = launcher.start("a-restarted", &config).await?;
+    let mut connections = load::connect(&[service.addr], 32, API_KEY).await?;
+    let passes = kms::passes(&service, &mut connections, &db, &readers, warm_up_user).await?;
+    log!(
+        "cold: {} Decrypts, warm: {} Decrypts for {} keys",
+        passes.cold.decrypts,
+        passes.warm.decrypts,
+        passes.distinct_keys
+    );
+    let refreshed: Vec<u64> = (1..=args.refresh_tokens.min(n)).collect();
+    log!("refreshing {} expired tokens", refreshed.len());
+    let refresh = kms::refresh(
+        &service,
+        &mut connections[..8.min(refreshed.len())],
+        &db,
+        &provider,
+        &refreshed,
+    )
+    .await?;
+    drop(connections);
+
+    log!(
+        "refresh storm: {} requests over {} instances",
+        args.storm_requests,
+        args.storm_instances
+    );
+    let background_users: Vec<u64> = (1..=args.background_users.min(n)).collect();
+    let mut siblings = Vec::new();
+    for i in 1..args.storm_instances.max(1) {
+        let sibling = launcher.start(&format!("storm-{i}"), &config).await?;
+        let mut connections = load::connect(&[sibling.addr], 16, API_KEY).await?;
+        load::pass(&mut connections, &background_users).await;
+        siblings.push(sibling);
+    }
+    let mut targets = vec![service.addr];
+    targets.extend(siblings.iter().map(|s| s.addr));
+    let storm = storm::run(
+        &storm::StormPlan {
+            targets,
+            storm_user,
+            requests: args.storm_requests,
+            background_concurrency: args.background_concurrency,
+            background_rate: background_rate(&reads, args.background_share),
+            background_users: background_users.len() as u64,
+            service_pids: std::iter::once(&service)
+                .chain(&siblings)
+                .map(Service::pid)
+                .collect(),
+            baseline: duration,
+            patience,
+        },
+        &db,
+        &provider,
+    )
+    .await?;
+    log!(
+        "storm: {} provider calls, {} of {} succeeded",
+        storm.provider_calls,
+        storm.succeeded,
+        storm.requests
+    );
+    for sibling in siblings {
+        sibling.stop().await?;
+    }
+
+    log!("cache bound: max {} entries", args.bound_max_entries);
+    let bounded = launcher
+        .start(
+            "bounded",
+            &ServiceConfig {
+                cache_max_entries: args.bound_max_entries,
+                ..config.clone()
+            },
+        )
+        .await?;
+    let bound_users: Vec<u64> = (1..=(2 * args.bound_max_entries).min(n)).collect();
+    let bound = bound::check(&bounded, args.bound_max_entries, &bound_users).await?;
+    bounded.stop().await?;
+    service.stop().await?;
+    db.close().await;
+    if args.smoke {
+        setup::drop_database(&args.database_server, &args.database).await?;
+    }
+
+    let keys = passes.distinct_keys.max(0) as u64;
+    let mut results = Results {
+        machine,
+        parameters: Parameters {
+            smoke: args.smoke,
+            users: n,
+            duration_s: args.duration,
+            concurrency: args.concurrency.clone(),
+            provider_delay_ms: args.provider_delay_ms,
+            storm_requests: args.storm_requests,
+            storm_instances: args.storm_instances,
+            background_concurrency: args.background_concurrency,
+            background_share: args.background_share,
+            background_users: background_users.len() as u64,
+            cache_max_entries: args.cache_max_entries,
+            bound_max_entries: args.bound_max_entries,
+            pool_size: args.pool_size,
+            rust_log: std::env::var("RUST_LOG").ok(),
+            load_generator:
+                "built in: Rust, tokio single thread, raw HTTP/1.1, one keep-alive connection per worker",
+        },
+        seed,
+        lookup_plan,
+        reads,
+        memory: Memory::new(
+            args.cache_max_entries,
+            keys,
+            passes.rss_before_kib,
+            passes.rss_after_cold_kib,
+            bound,
+        ),
+        kms: Kms {
+            distinct_keys: passes.distinct_keys,
+            cold: passes.cold,
+            warm: passes.warm,
+            refresh,
+        },
+        storm,
+        targets: Vec::new(),
+    };
+    results.check_targets();
+    Ok(results)
+}
+
+/// `share` of the warm-read throughput at concurrency 16 (else the best measured); `None`
+/// for a closed loop.
+fn background_rate(reads: &[report::ReadsAt], share: f64) -> Option<f64> {
+    if share <= 0.0 {
+        return None;
+    }
+    let capacity = reads
+        .iter()
+        .find(|r| r.concurrency == 16)
+        .map(|r| r.service.tps)
+        .or_else(|| reads.iter().map(|r| r.service.tps).reduce(f64::max))?;
+    Some(share * capacity)
+}

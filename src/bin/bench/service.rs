@@ -1,0 +1,257 @@
+//! The service under test: the real `token-store serve` binary in its own process, with a
+//! configuration written for it, on a free loopback port.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+
+use crate::provider::{CLIENT_ID, CLIENT_SECRET};
+use crate::sys;
+
+/// The API key the benchmark calls with; the service knows only its SHA-256.
+pub const API_KEY: &str = "bench-key-all-permissions";
+
+/// What differs between the instances of one run.
+#[derive(Clone)]
+pub struct ServiceConfig {
+    pub database_url: String,
+    pub kms_key_id: String,
+    pub kms_endpoint: String,
+    pub provider: SocketAddr,
+    pub cache_max_entries: u64,
+    /// `database.max_connections`; `None` keeps the service's default.
+    pub pool_size: Option<u32>,
+}
+
+impl ServiceConfig {
+    fn toml(&self, listen: SocketAddr) -> String {
+        let pool = self
+            .pool_size
+            .map(|n| format!("max_connections = {n}\n"))
+            .unwrap_or_default();
+        format!(
+            r#"# Written by the benchmark (src/bin/bench).
+[server]
+listen = "{listen}"
+log_format = "json"
+
+[database]
+url = "{database_url}"
+migrate_on_start = true
+{pool}
+[kms]
+key_id = "{key_id}"
+endpoint_url = "{kms_endpoint}"
+cache_max_entries = {cache_max_entries}
+
+[providers.google]
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+token_endpoint = "http://{provider}/token"
+revoke_endpoint = "http://{provider}/revoke"
+
+[[clients]]
+name = "bench"
+key_sha256 = "{key_hash}"
+permissions = ["read", "write", "refresh", "revoke", "read_refresh_token"]
+"#,
+            database_url = self.database_url,
+            key_id = self.kms_key_id,
+            kms_endpoint = self.kms_endpoint,
+            cache_max_entries = self.cache_max_entries,
+            provider = self.provider,
+            key_hash = token_store::auth::key_hash_hex(API_KEY),
+        )
+    }
+}
+
+/// Starts instances of one binary, their files in one directory.
+pub struct Launcher {
+    pub binary: PathBuf,
+    pub dir: PathBuf,
+    pub keep_logs: bool,
+}
+
+impl Launcher {
+    pub async fn start(&self, name: &str, config: &ServiceConfig) -> anyhow::Result<Service> {
+        Service::start(&self.binary, &self.dir, name, config, self.keep_logs).await
+    }
+}
+
+/// A running `token-store serve`. Killed when dropped.
+pub struct Service {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+    pid: u32,
+    http: reqwest::Client,
+}
+
+impl Service {
+    /// Writes `dir/<name>.toml`, starts the binary and waits until `/readyz` answers 200.
+    /// The service's log (JSON, info level unless `RUST_LOG` says otherwise) goes to
+    /// `dir/<name>.log` when `keep_logs`, else nowhere; its standard error always to
+    /// `dir/<name>.stderr`.
+    pub async fn start(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        config: &ServiceConfig,
+        keep_logs: bool,
+    ) -> anyhow::Result<Self> {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config.toml(listen))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let stdout = if keep_logs {
+            Stdio::from(std::fs::File::create(dir.join(format!("{name}.log")))?)
+        } else {
+            Stdio::null()
+        };
+        let stderr_path = dir.join(format!("{name}.stderr"));
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(std::fs::File::create(&stderr_path)?)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let pid = child.id().context("the service exited at once")?;
+        let mut service = Self {
+            name: name.to_owned(),
+            addr: listen,
+            child,
+            pid,
+            http: reqwest::Client::new(),
+        };
+        service.wait_ready(&stderr_path).await?;
+        Ok(service)
+    }
+
+    async fn wait_ready(&mut self, stderr_path: &Path) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let url = format!("http://{}/readyz", self.addr);
+        loop {
+            if let Ok(response) = self.http.get(&url).send().await {
+                if response.status() == 200 {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                let stderr = std::fs::read_to_string(stderr_path).unwrap_or_default();
+                bail!("service {} exited ({status}): {stderr}", self.name);
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("service {} not ready after 60 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Kills the process and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.addr))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(Metrics(text))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resident memory (VmRSS), KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        sys::rss_kib(self.pid)
+    }
+}
+
+/// A scrape of `/metrics`.
+pub struct Metrics(String);
+
+impl Metrics {
+    /// The sum of the samples of `name` whose labels include `labels`; 0 if none.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// `None` if the service does not export `name` at all.
+    pub fn gauge(&self, name: &str) -> Option<f64> {
+        self.0
+            .lines()
+            .any(|l| l.starts_with(name))
+            .then(|| self.value(name, &[]))
+    }
+
+    pub fn kms_decrypts(&self) -> f64 {
+        self.value(
+            "token_store_kms_requests_total",
+            &[("operation", "Decrypt"), ("outcome", "ok")],
+        )
+    }
+
+    /// Every KMS call, whatever the operation or outcome.
+    pub fn kms_calls(&self) -> f64 {
+        self.value("token_store_kms_requests_total", &[])
+    }
+
+    pub fn cache_hits(&self) -> f64 {
+        self.value("token_store_unwrap_cache_hits_total", &[])
+    }
+
+    pub fn cache_misses(&self) -> f64 {
+        self.value("token_store_unwrap_cache_misses_total", &[])
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `token-store` binary: `--service-bin`, else the one next to this executable.
+pub fn binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match explicit {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench executable has no directory")?
+            .join("token-store"),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} does not exist: build it (cargo build --release --bin token-store) or pass --service-bin",
+            path.display()
+        );
+    }
+    Ok(path)
+}

@@ -1,0 +1,68 @@
+//! The benchmark command itself keeps working: the `bench` binary in `--smoke` mode (tiny
+//! numbers, no timing asserted) runs every section and its storm refreshes exactly once.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::helpers::kms_endpoint;
+
+#[test]
+fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    let database = format!("ts_bench_smoke_{}", uuid::Uuid::new_v4().simple());
+
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--smoke",
+            "--database",
+            &database,
+            "--kms-endpoint",
+            &kms_endpoint(),
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "bench --smoke failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    for section in [
+        "machine",
+        "parameters",
+        "seed",
+        "lookup_plan",
+        "reads",
+        "kms",
+        "storm",
+        "memory",
+        "targets",
+    ] {
+        assert!(results.get(section).is_some(), "no {section} in {results}");
+    }
+    let reads = results["reads"].as_array().unwrap();
+    assert_eq!(reads.len(), 3, "one entry per concurrency: {reads:?}");
+    for r in reads {
+        assert!(r["service"]["requests"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["pgbench"]["tps"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["service"]["errors"], 0, "{r}");
+    }
+    assert_eq!(results["kms"]["cold"]["errors"], 0);
+    assert_eq!(results["kms"]["warm"]["decrypts"], 0.0);
+    assert_eq!(
+        results["kms"]["refresh"]["succeeded"],
+        results["kms"]["refresh"]["tokens"]
+    );
+    let storm = &results["storm"];
+    assert_eq!(storm["provider_calls"], 1, "{storm}");
+    assert_eq!(storm["succeeded"], storm["requests"], "{storm}");
+    assert!(results["memory"]["rss_after_kib"].as_u64().unwrap() > 0);
+    assert!(!results["targets"].as_array().unwrap().is_empty());
+    assert!(String::from_utf8_lossy(&run.stdout).contains("| target | value |"));
+}
