@@ -103,9 +103,15 @@ struct Args {
     /// Tokens expired and refreshed to count KMS calls per refresh.
     #[arg(long, default_value_t = 100)]
     refresh_tokens: u64,
-    /// `kms.cache_max_entries` of the measured instances.
-    #[arg(long, default_value_t = 100_000)]
-    cache_max_entries: u64,
+    /// `kms.cache_max_entries` of the measured instances (default: 100,000, or every
+    /// seeded user's key if there are more).
+    #[arg(long)]
+    cache_max_entries: Option<u64>,
+    /// `kms.cache_ttl_seconds` of every instance. Longer than the service's default (300 s)
+    /// so that no key expires during a run: seeding 100,000 users alone takes 5 minutes
+    /// here, and an expired key would turn warm reads into KMS calls.
+    #[arg(long, default_value_t = 3_600)]
+    cache_ttl_seconds: u64,
     /// `kms.cache_max_entries` of the instance that checks the bound.
     #[arg(long, default_value_t = 1_000)]
     bound_max_entries: u64,
@@ -199,6 +205,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     let readers: Vec<u64> = (1..=n).collect();
     let storm_user = n + 1;
     let warm_up_user = n + 2;
+    let cache_max_entries = args.cache_max_entries.unwrap_or(100_000.max(n + 2));
 
     log!("database {} on {}", args.database, args.database_server);
     let database_url = setup::recreate_database(&args.database_server, &args.database).await?;
@@ -209,7 +216,8 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         kms_key_id,
         kms_endpoint: args.kms_endpoint.clone(),
         provider: provider.addr,
-        cache_max_entries: args.cache_max_entries,
+        cache_max_entries,
+        cache_ttl_seconds: args.cache_ttl_seconds,
         pool_size: args.pool_size,
     };
     let launcher = Launcher {
@@ -347,7 +355,8 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
             background_concurrency: args.background_concurrency,
             background_share: args.background_share,
             background_users: background_users.len() as u64,
-            cache_max_entries: args.cache_max_entries,
+            cache_max_entries,
+            cache_ttl_seconds: args.cache_ttl_seconds,
             bound_max_entries: args.bound_max_entries,
             pool_size: args.pool_size,
             rust_log: std::env::var("RUST_LOG").ok(),
@@ -358,7 +367,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         lookup_plan,
         reads,
         memory: Memory::new(
-            args.cache_max_entries,
+            cache_max_entries,
             keys,
             passes.rss_before_kib,
             passes.rss_after_cold_kib,

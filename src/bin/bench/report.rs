@@ -37,6 +37,7 @@ pub struct Parameters {
     pub background_share: f64,
     pub background_users: u64,
     pub cache_max_entries: u64,
+    pub cache_ttl_seconds: u64,
     pub bound_max_entries: u64,
     /// `database.max_connections` of the service; `None`: its default.
     pub pool_size: Option<u32>,
@@ -314,7 +315,7 @@ impl Results {
         let _ = writeln!(
             out,
             "Machine: {} CPUs ({}), {} GiB, Linux {}, {}.\n\
-             Run: {} users, {} s per measurement, provider delay {} ms, load generator: {}.\n",
+             Run: {} users, {} s per measurement, provider delay {} ms, unwrap cache of {} entries for {} s, load generator: {}.\n",
             m.cpus,
             m.cpu_model,
             m.memory_total_gib,
@@ -323,6 +324,8 @@ impl Results {
             p.users,
             p.duration_s,
             p.provider_delay_ms,
+            p.cache_max_entries,
+            p.cache_ttl_seconds,
             p.load_generator,
         );
         let _ = writeln!(

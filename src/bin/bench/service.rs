@@ -23,6 +23,7 @@ pub struct ServiceConfig {
     pub kms_endpoint: String,
     pub provider: SocketAddr,
     pub cache_max_entries: u64,
+    pub cache_ttl_seconds: u64,
     /// `database.max_connections`; `None` keeps the service's default.
     pub pool_size: Option<u32>,
 }
@@ -47,6 +48,7 @@ migrate_on_start = true
 key_id = "{key_id}"
 endpoint_url = "{kms_endpoint}"
 cache_max_entries = {cache_max_entries}
+cache_ttl_seconds = {cache_ttl_seconds}
 
 [providers.google]
 client_id = "{CLIENT_ID}"
@@ -63,6 +65,7 @@ permissions = ["read", "write", "refresh", "revoke", "read_refresh_token"]
             key_id = self.kms_key_id,
             kms_endpoint = self.kms_endpoint,
             cache_max_entries = self.cache_max_entries,
+            cache_ttl_seconds = self.cache_ttl_seconds,
             provider = self.provider,
             key_hash = token_store::auth::key_hash_hex(API_KEY),
         )
