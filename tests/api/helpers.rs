@@ -194,6 +194,15 @@ impl TestApp {
         config(&self.database_url, &self.key_id, &kms_endpoint())
     }
 
+    /// This instance's configuration with `google` pointing at `provider`.
+    pub fn config_with(&self, provider: &crate::provider::FakeProvider) -> Config {
+        let mut config = self.config();
+        config
+            .providers
+            .insert("google".into(), provider.settings());
+        config
+    }
+
     /// A new database and KMS key, served with `google` pointing at `provider`.
     pub async fn spawn_with_provider(provider: &crate::provider::FakeProvider) -> Self {
         let kms = kms_admin().await;

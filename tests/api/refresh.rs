@@ -32,6 +32,15 @@ async fn access_token(app: &TestApp, user: &str, body: Value) -> reqwest::Respon
         .unwrap()
 }
 
+async fn force_refresh(app: &TestApp, user: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/refresh", app.token_url(user, "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn row(app: &TestApp, user: &str) -> (String, i32, Option<String>) {
     sqlx::query_as(
         "select status, refresh_failure_count, last_refresh_error from integration_tokens \
@@ -133,10 +142,7 @@ async fn a_valid_token_is_served_without_calling_the_provider() {
 async fn an_old_data_key_is_replaced_on_refresh() {
     let provider = FakeProvider::start().await;
     let first = TestApp::spawn_with_provider(&provider).await;
-    let mut config = first.config();
-    config
-        .providers
-        .insert("google".into(), provider.settings());
+    let mut config = first.config_with(&provider);
     config.refresh.data_key_max_age_seconds = 0;
     let app = TestApp::spawn_with(config).await;
     app.put_token("alice", "google", &expired_body("old-key"))
@@ -163,10 +169,7 @@ async fn two_hundred_concurrent_calls_over_three_instances_cause_one_provider_ca
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::Slow(Duration::from_millis(500), &Mode::Success));
     let first = TestApp::spawn_with_provider(&provider).await;
-    let mut config = first.config();
-    config
-        .providers
-        .insert("google".into(), provider.settings());
+    let config = first.config_with(&provider);
     let second = TestApp::spawn_with(config.clone()).await;
     let third = TestApp::spawn_with(config).await;
     first
@@ -212,10 +215,7 @@ async fn a_slow_refresh_does_not_hold_up_other_users() {
         Mode::Slow(Duration::from_secs(4), &Mode::Success),
     );
     let first = TestApp::spawn_with_provider(&provider).await;
-    let mut config = first.config();
-    config
-        .providers
-        .insert("google".into(), provider.settings());
+    let mut config = first.config_with(&provider);
     // A request pool of two connections: a refresh holding one would drain it.
     config.database.max_connections = 2;
     config.refresh.provider_timeout_ms = 8_000;
@@ -290,13 +290,7 @@ async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
     // A dead row is not sent to the provider again.
     let again = access_token(&app, "alice", json!({})).await;
     assert_problem(again, 409, "reauthorization_required").await;
-    let forced = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let forced = force_refresh(&app, "alice").await;
     assert_problem(forced, 409, "reauthorization_required").await;
     assert_eq!(provider.token_calls(), 1);
 
@@ -389,13 +383,7 @@ async fn a_rotated_refresh_token_is_stored_and_the_old_one_never_sent_again() {
         .await
         .unwrap();
     assert_eq!(access_token(&app, "alice", json!({})).await.status(), 200);
-    let forced = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let forced = force_refresh(&app, "alice").await;
     assert_eq!(forced.status(), 200);
     let forced: Value = forced.json().await.unwrap();
     assert_eq!(forced["accessToken"], provider.access_token(3));
@@ -568,13 +556,7 @@ async fn a_refresh_for_an_unconfigured_provider_is_422() {
         .await;
     let response = access_token(&app, "alice", json!({})).await;
     assert_problem(response, 422, "provider_not_configured").await;
-    let forced = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let forced = force_refresh(&app, "alice").await;
     assert_problem(forced, 422, "provider_not_configured").await;
     assert_eq!(row(&app, "alice").await.0, "active");
 }
@@ -637,10 +619,7 @@ async fn a_failing_revoke_endpoint_still_deletes_and_is_counted() {
 async fn erasing_a_user_revokes_each_grant() {
     let provider = FakeProvider::start().await;
     let first = TestApp::spawn_with_provider(&provider).await;
-    let mut config = first.config();
-    config
-        .providers
-        .insert("google".into(), provider.settings());
+    let mut config = first.config_with(&provider);
     let mut microsoft = provider.settings();
     microsoft.kind = Some(token_store::providers::ProviderKind::Oauth2);
     microsoft.rotates_refresh_tokens = true;
