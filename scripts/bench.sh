@@ -28,12 +28,12 @@ for arg in "$@"; do
   fi
 done
 
-scripts/postgres.sh ensure
+scripts/postgres.sh ensure >&2
 command -v pgbench >/dev/null 2>&1 || {
   log "pgbench not found (it comes with postgresql-client); installing"
   if [[ "$(id -u)" == 0 ]]; then apt-get install -y postgresql-client; else sudo apt-get install -y postgresql-client; fi
 }
-scripts/localstack.sh start
+scripts/localstack.sh start >&2   # keep standard output for the tables
 eval "$(scripts/localstack.sh env)"
 export TOKEN_STORE_TEST_DATABASE_URL="${TOKEN_STORE_TEST_DATABASE_URL:-postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}}"
 
