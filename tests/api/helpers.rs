@@ -235,6 +235,24 @@ impl TestApp {
         }
     }
 
+    /// Disables this instance's KMS key in LocalStack.
+    pub async fn disable_kms_key(&self) {
+        self.kms
+            .disable_key()
+            .key_id(&self.key_id)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn readyz(&self) -> reqwest::Response {
+        self.http
+            .get(format!("{}/readyz", self.address))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub fn token_url(&self, user: &str, provider: &str) -> String {
         format!("{}/v1/users/{user}/tokens/{provider}", self.address)
     }

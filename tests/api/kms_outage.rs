@@ -52,12 +52,7 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     assert_eq!(got["accessToken"], cached["accessToken"]);
 
     // Readiness says so.
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert_eq!(ready.status(), 503);
 
     proxy.up().await;
@@ -65,12 +60,7 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     let response = app.put_token("bob", "google", &token_body("after")).await;
     assert_eq!(response.status(), 204);
     assert_eq!(app.row_count().await, 2);
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert_eq!(ready.status(), 200);
 }
 
@@ -94,12 +84,7 @@ async fn a_cold_read_while_kms_is_unreachable_is_503_kms_unavailable() {
 #[tokio::test]
 async fn a_disabled_key_refuses_writes_with_kms_unavailable() {
     let app = TestApp::spawn().await;
-    app.kms
-        .disable_key()
-        .key_id(&app.key_id)
-        .send()
-        .await
-        .unwrap();
+    app.disable_kms_key().await;
     let response = app
         .put_token("alice", "google", &token_body("disabled"))
         .await;

@@ -89,12 +89,7 @@ async fn rewrap_moves_every_key_and_tokens_read_back_after_the_old_key_is_disabl
     assert_eq!(key_ids(&app).await, vec![new_key.clone()]);
     assert_eq!(app.kms_calls("GenerateDataKey").await, 25.0);
 
-    app.kms
-        .disable_key()
-        .key_id(&app.key_id)
-        .send()
-        .await
-        .unwrap();
+    app.disable_kms_key().await;
     let reader = instance_with_key(&app, &new_key).await;
     assert_all_read_back(&reader, &stored).await;
     assert_eq!(reader.kms_calls("Decrypt").await, 25.0);
@@ -175,12 +170,7 @@ async fn rewrap_does_not_lose_rows_written_concurrently() {
     .await
     .unwrap();
     assert_eq!(report.remaining, 0);
-    app.kms
-        .disable_key()
-        .key_id(&app.key_id)
-        .send()
-        .await
-        .unwrap();
+    app.disable_kms_key().await;
     let reader = instance_with_key(&app, &new_key).await;
     assert_all_read_back(&reader, &stored).await;
 }

@@ -126,12 +126,7 @@ async fn health_and_readiness_answer() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["database"], "ok");
@@ -141,18 +136,8 @@ async fn health_and_readiness_answer() {
 #[tokio::test]
 async fn readiness_fails_when_the_kms_key_is_disabled() {
     let app = TestApp::spawn().await;
-    app.kms
-        .disable_key()
-        .key_id(&app.key_id)
-        .send()
-        .await
-        .unwrap();
-    let ready = app
-        .http
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap();
+    app.disable_kms_key().await;
+    let ready = app.readyz().await;
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["kms"], "unavailable");
