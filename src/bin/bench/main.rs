@@ -21,6 +21,7 @@ macro_rules! log {
 }
 
 mod bound;
+mod floor;
 mod kms;
 mod load;
 mod pgbench;
@@ -149,6 +150,9 @@ impl Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some(floor::SERVE_FLAG) {
+        return floor::serve();
+    }
     let mut args = Args::parse();
     args.apply_smoke();
     // LocalStack does not check signatures; the standard AWS chain only needs something.

@@ -58,9 +58,13 @@ pub struct Seed {
 pub struct ReadsAt {
     pub concurrency: usize,
     pub service: Reads,
+    /// The same stack and load generator with a handler that does no work (`floor.rs`).
+    pub http_floor: Reads,
     pub pgbench: Reads,
     /// Service tps / pgbench tps.
     pub ratio: f64,
+    /// HTTP floor tps / pgbench tps: the most the ratio could be on this machine.
+    pub floor_ratio: f64,
 }
 
 #[derive(Serialize)]
@@ -226,7 +230,7 @@ impl Results {
         if let Some(at16) = self.reads.iter().find(|r| r.concurrency == 16) {
             check(
                 "warm reads, c=16: service / pgbench tps",
-                format!("{:.2}", at16.ratio),
+                format!("{:.2} (HTTP floor: {:.2})", at16.ratio, at16.floor_ratio),
                 ">= 0.7",
                 at16.ratio >= 0.7,
             );
@@ -337,17 +341,17 @@ impl Results {
         let _ = writeln!(out, "**Warm reads** (`POST .../access-token`, random users) against `pgbench` (same `select`, prepared)\n");
         let _ = writeln!(
             out,
-            "| concurrency | service tps | p50 ms | p99 ms | p99.9 ms | pgbench tps | p50 ms | p99 ms | p99.9 ms | ratio | CPU µs/req service + loadgen + rest | CPU µs/tx pgbench |"
+            "| concurrency | service tps | p50 ms | p99 ms | p99.9 ms | pgbench tps | p50 ms | p99 ms | p99.9 ms | ratio | CPU µs/req service + loadgen + rest | CPU µs/tx pgbench | HTTP floor tps | floor / pgbench |"
         );
         let _ = writeln!(
             out,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in &self.reads {
             let (s, g) = (&r.service, &r.pgbench);
             let _ = writeln!(
                 out,
-                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.0} + {:.0} + {:.0} = {:.0} | {:.0} |",
+                "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | **{:.2}** | {:.0} + {:.0} + {:.0} = {:.0} | {:.0} | {:.0} | {:.2} |",
                 r.concurrency,
                 s.tps,
                 s.latency.p50_ms,
@@ -363,6 +367,8 @@ impl Results {
                 s.cpu.rest_us,
                 s.cpu.total_us,
                 g.cpu.total_us,
+                r.http_floor.tps,
+                r.floor_ratio,
             );
         }
 
