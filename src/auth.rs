@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -70,17 +71,19 @@ impl Client {
 
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    clients: Vec<Client>,
+    clients: Vec<Arc<Client>>,
 }
 
 impl Authenticator {
     pub fn new(clients: Vec<Client>) -> Self {
-        Self { clients }
+        Self {
+            clients: clients.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// The client whose key hash matches. Every configured hash is compared, each in
     /// constant time, so the time taken says nothing about which (if any) matched.
-    pub fn authenticate(&self, presented_key: &str) -> Option<&Client> {
+    pub fn authenticate(&self, presented_key: &str) -> Option<Arc<Client>> {
         let digest: [u8; 32] = Sha256::digest(presented_key.as_bytes()).into();
         let mut found = None;
         for client in &self.clients {
@@ -88,7 +91,7 @@ impl Authenticator {
                 found = Some(client);
             }
         }
-        found
+        found.cloned()
     }
 }
 

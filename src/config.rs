@@ -75,6 +75,13 @@ pub struct DatabaseConfig {
     /// drains the request pool.
     #[serde(default = "default_lock_pool_connections")]
     pub lock_pool_connections: u32,
+    /// Long-lived connections that answer the read path's lookups, in batches (`lookups`).
+    #[serde(default = "default_read_connections")]
+    pub read_connections: u32,
+}
+
+fn default_read_connections() -> u32 {
+    1
 }
 
 fn default_lock_pool_connections() -> u32 {

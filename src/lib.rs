@@ -8,6 +8,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod http;
+pub mod lookups;
 pub mod metrics;
 pub mod providers;
 pub mod refresh;

@@ -11,6 +11,12 @@ use token_store::rewrap::{rewrap_all, RewrapOptions};
 use token_store::startup::{self, Application};
 use token_store::{store, telemetry};
 
+/// mimalloc rather than the system allocator: the request path makes many small, short-lived
+/// allocations on several threads, and glibc's malloc was the largest single cost in the
+/// read path's profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "token-store",

@@ -2,8 +2,8 @@
 //! instances in one process (as in the tests) count apart.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -20,6 +20,7 @@ pub struct Metrics {
     pub provider_latency: HistogramVec,
     pub lock_wait: HistogramVec,
     pub revocations: IntCounterVec,
+    pub lookup_batch_size: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -108,6 +109,18 @@ impl Metrics {
                 "Revocations at the provider by provider and outcome",
                 &["provider", "outcome"],
             ),
+            lookup_batch_size: {
+                let opts = HistogramOpts::new(
+                    "lookup_batch_size",
+                    "Lookups of the read path answered by one statement",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
+                let h = Histogram::with_opts(opts).expect("valid metric");
+                registry
+                    .register(Box::new(h.clone()))
+                    .expect("unique metric");
+                h
+            },
             registry,
         }
     }

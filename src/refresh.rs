@@ -145,8 +145,8 @@ impl Refresher {
     }
 
     /// An access token valid for at least the refresh buffer (or `min_validity`, if longer)
-    /// that carries every requested scope; refreshed first if need be.
-    #[instrument(skip_all, fields(user_id = %user, provider = %provider))]
+    /// that carries every requested scope; refreshed first if need be. No span of its own:
+    /// the hot path; the request span names the pair.
     pub async fn access_token(
         &self,
         user: &UserId,
@@ -155,7 +155,9 @@ impl Refresher {
         min_validity: Option<Duration>,
     ) -> Outcome {
         let inner = &self.inner;
-        let row = store::find(inner.vault.db(), user.as_str(), provider.as_str())
+        let row = inner
+            .vault
+            .find(user, provider)
             .await?
             .ok_or(RefreshError::NotFound)?;
         ensure_active(&row)?;

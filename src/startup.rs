@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,7 +16,8 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::config::{Config, DatabaseConfig, KmsConfig};
 use crate::crypto::{CacheSettings, Envelope};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, Services};
+use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::refresh::Refresher;
@@ -65,7 +65,13 @@ impl Application {
             },
             metrics.clone(),
         );
-        let vault = Vault::new(db, envelope);
+        let lookups = Lookups::start(
+            &db,
+            config.database.read_connections as usize,
+            Duration::from_millis(config.database.acquire_timeout_ms),
+            &metrics,
+        );
+        let vault = Vault::new(db, lookups, envelope);
         let refresher = Refresher::new(
             vault.clone(),
             lock_pool.clone(),
@@ -73,13 +79,13 @@ impl Application {
             refresh_settings,
             metrics.clone(),
         );
-        let state = AppState {
+        let state = AppState::new(Services {
             vault,
             refresher,
             providers,
-            auth: Arc::new(Authenticator::new(clients)),
+            auth: Authenticator::new(clients),
             metrics,
-        };
+        });
         let router = http::app(state.clone(), config.server.body_limit_bytes);
         let listener = TcpListener::bind(config.server.listen)
             .await

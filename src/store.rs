@@ -57,6 +57,24 @@ pub async fn find(
     .await
 }
 
+/// The rows of several pairs in one statement: `users[i]` with `providers[i]`; pairs
+/// without a row are left out. Each pair is one probe of the `(user_id, provider)` index
+/// (a nested loop over the arrays, checked with `EXPLAIN ANALYZE`).
+pub async fn find_pairs(
+    db: impl PgExecutor<'_>,
+    users: &[&str],
+    providers: &[&str],
+) -> sqlx::Result<Vec<TokenRow>> {
+    sqlx::query_as(&format!(
+        "select {COLUMNS} from unnest($1::text[], $2::text[]) as wanted(user_id, provider) \
+         join integration_tokens using (user_id, provider)"
+    ))
+    .bind(users)
+    .bind(providers)
+    .fetch_all(db)
+    .await
+}
+
 /// Stores a grant, replacing any earlier one of the pair: a new data key, an active status,
 /// clean refresh bookkeeping, and the next version.
 pub async fn upsert(db: impl PgExecutor<'_>, row: &NewRow<'_>) -> sqlx::Result<i64> {

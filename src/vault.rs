@@ -9,6 +9,7 @@ use crate::crypto::{CryptoError, Envelope, Field, KeyContext, RowKey, WrappedKey
 use crate::domain::{
     AccessToken, ProviderName, RefreshToken, Scope, StoredToken, TokenSet, TokenStatus, UserId,
 };
+use crate::lookups::{LookupError, Lookups};
 use crate::store::{self, TokenRow};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,20 +20,27 @@ pub enum VaultError {
     Crypto(#[from] CryptoError),
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
     #[error("stored row is malformed: {0}")]
     Corrupt(&'static str),
 }
 
-/// Cheap to clone: a pool and an envelope.
+/// Cheap to clone: a pool, the read path's lookups and an envelope.
 #[derive(Clone, Debug)]
 pub struct Vault {
     db: PgPool,
+    lookups: Lookups,
     envelope: Envelope,
 }
 
 impl Vault {
-    pub fn new(db: PgPool, envelope: Envelope) -> Self {
-        Self { db, envelope }
+    pub fn new(db: PgPool, lookups: Lookups, envelope: Envelope) -> Self {
+        Self {
+            db,
+            lookups,
+            envelope,
+        }
     }
 
     pub fn envelope(&self) -> &Envelope {
@@ -77,19 +85,30 @@ impl Vault {
         Ok(())
     }
 
-    /// The stored grant, decrypted. The refresh token is opened only when asked for.
-    #[instrument(skip_all, fields(user_id = %user, provider = %provider))]
+    /// The stored grant, decrypted. The refresh token is opened only when asked for. No span
+    /// of its own: the hot path; the request span names the pair.
     pub async fn get(
         &self,
         user: &UserId,
         provider: &ProviderName,
         with_refresh_token: bool,
     ) -> Result<StoredToken, VaultError> {
-        let row = store::find(&self.db, user.as_str(), provider.as_str())
+        let row = self
+            .find(user, provider)
             .await?
             .ok_or(VaultError::NotFound)?;
         let key = self.row_key(&row).await?;
         open_row(&key, &row, with_refresh_token)
+    }
+
+    /// The sealed row of a pair, through the batched lookups of the read path (not for a
+    /// read that must see a transaction's writes or hold a lock).
+    pub async fn find(
+        &self,
+        user: &UserId,
+        provider: &ProviderName,
+    ) -> Result<Option<TokenRow>, VaultError> {
+        Ok(self.lookups.find(user.as_str(), provider.as_str()).await?)
     }
 
     /// The unwrapped data key of a row (cached).

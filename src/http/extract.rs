@@ -1,5 +1,7 @@
 //! Extractors that reject with our problem+json instead of axum's plain text.
 
+use std::sync::Arc;
+
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
@@ -32,10 +34,14 @@ impl FromRequestParts<AppState> for TokenPath {
         }
         let axum::extract::Path(raw) =
             axum::extract::Path::<Raw>::from_request_parts(parts, state).await?;
-        Ok(Self {
+        let path = Self {
             user: UserId::parse(&raw.user_id)?,
             provider: ProviderName::parse(&raw.provider)?,
-        })
+        };
+        let span = tracing::Span::current();
+        span.record("user_id", path.user.as_str());
+        span.record("provider", path.provider.as_str());
+        Ok(path)
     }
 }
 
@@ -57,7 +63,7 @@ impl FromRequestParts<AppState> for UserPath {
 }
 
 /// The authenticated caller (`Authorization: Bearer <key>`).
-pub struct Caller(pub Client);
+pub struct Caller(pub Arc<Client>);
 
 impl Caller {
     pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
@@ -87,7 +93,7 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(key.trim())
             .ok_or(ApiError::Unauthorized)?;
         tracing::Span::current().record("client", client.name.as_str());
-        Ok(Self(client.clone()))
+        Ok(Self(client))
     }
 }
 

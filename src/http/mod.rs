@@ -16,7 +16,9 @@ use axum::http::HeaderName;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -30,14 +32,33 @@ use crate::vault::Vault;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// What handlers need. Cheap to clone; never derives `Debug` (the vault holds a cache).
+/// What handlers need, behind one `Arc`: axum clones the state for every request (each
+/// `State` extractor and middleware), so a clone must be one reference count, not one per
+/// field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+/// The parts of [`AppState`]. Never derives `Debug` (the vault holds a cache).
+pub struct Services {
     pub vault: Vault,
     pub refresher: Refresher,
     pub providers: Providers,
-    pub auth: Arc<Authenticator>,
+    pub auth: Authenticator,
     pub metrics: Metrics,
+}
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
 }
 
 pub fn app(state: AppState, body_limit_bytes: usize) -> Router {
@@ -61,7 +82,7 @@ pub fn app(state: AppState, body_limit_bytes: usize) -> Router {
                 }),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RandomRequestId))
         .with_state(state)
 }
 
@@ -83,26 +104,41 @@ fn request_span(request: &Request) -> Span {
         route,
         request_id,
         client = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+        provider = tracing::field::Empty,
     )
 }
 
+/// A random (v4) UUID for requests that come without an `x-request-id`, drawn from the
+/// thread's CSPRNG: `tower_http`'s `MakeRequestUuid` asks the kernel for every one, a system
+/// call per request. A request id is a correlation handle, not a secret.
+#[derive(Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let value = axum::http::HeaderValue::from_str(&id.to_string()).ok()?;
+        Some(RequestId::new(value))
+    }
+}
+
 async fn track_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    // `MatchedPath` is a shared string: cloning it allocates nothing.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
     state
         .metrics
         .http_latency
-        .with_label_values(&[route.as_str(), method.as_str()])
+        .with_label_values(&[route, method.as_str()])
         .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .with_label_values(&[route, method.as_str(), response.status().as_str()])
         .inc();
     response
 }

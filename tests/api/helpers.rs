@@ -147,6 +147,7 @@ pub fn config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Config {
             acquire_timeout_ms: 3_000,
             migrate_on_start: false,
             lock_pool_connections: 4,
+            read_connections: 1,
         },
         kms: KmsConfig {
             key_id: Some(key_id.to_owned()),

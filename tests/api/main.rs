@@ -9,6 +9,7 @@ mod cache;
 mod encryption;
 mod helpers;
 mod kms_outage;
+mod lookups;
 mod provider;
 mod proxy;
 mod refresh;

@@ -1,0 +1,184 @@
+//! Row lookups of the read path, batched.
+//!
+//! Reads are most of the traffic and each is one indexed lookup, whose cost in PostgreSQL is
+//! almost all per statement (a round trip, bind and execute, two wake-ups), hardly per row.
+//! So lookups wait in one queue, and each of a few long-lived connections, whenever it is
+//! free, takes everything queued (up to [`MAX_BATCH`]) and answers it with one statement
+//! ([`store::find_pairs`]). Under light load a batch is one lookup, made with the plain
+//! query ([`store::find`]); under heavy load the batches grow and PostgreSQL's work per lookup falls.
+//! A pair asked for several times in one batch (a refresh storm) is looked up once.
+//!
+//! The connections are owned by their tasks, outside the request pool: a pool checks every
+//! connection it gets back, one more round trip per lookup that this path does not need.
+//! Their sessions are named `token-store-reads` (`application_name`). A statement that fails
+//! on a connection used before (say, one the server closed while it sat idle) is tried once
+//! more on a new connection, as a pool's check would have caught it; a lookup is a read, so
+//! trying it again changes nothing. A statement that fails on a new connection fails every
+//! lookup of its batch (a 500, never a guess).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::Histogram;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{Connection, PgPool};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::metrics::Metrics;
+use crate::store::{self, TokenRow};
+
+/// `application_name` of the reading sessions (`pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "token-store-reads";
+
+/// Most lookups answered by one statement.
+pub const MAX_BATCH: usize = 64;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error("database error in a batched lookup: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("timed out connecting to the database")]
+    ConnectTimeout,
+    #[error("the lookup service has stopped")]
+    Stopped,
+}
+
+type Reply = Result<Option<TokenRow>, LookupError>;
+
+struct Lookup {
+    user_id: String,
+    provider: String,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Queues lookups for the reading connections. Cheap to clone; the connections close when
+/// the last clone is dropped.
+#[derive(Clone, Debug)]
+pub struct Lookups {
+    queue: mpsc::Sender<Lookup>,
+}
+
+impl Lookups {
+    /// Starts `connections` reading tasks, connecting (lazily) as `pool` does.
+    pub fn start(
+        pool: &PgPool,
+        connections: usize,
+        connect_timeout: Duration,
+        metrics: &Metrics,
+    ) -> Self {
+        let (queue, receiver) = mpsc::channel(connections.max(1) * MAX_BATCH * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let options = (*pool.connect_options())
+            .clone()
+            .application_name(APPLICATION_NAME);
+        for _ in 0..connections.max(1) {
+            tokio::spawn(read_loop(
+                receiver.clone(),
+                options.clone(),
+                connect_timeout,
+                metrics.lookup_batch_size.clone(),
+            ));
+        }
+        Self { queue }
+    }
+
+    /// The row of `(user_id, provider)`, if there is one.
+    pub async fn find(&self, user_id: &str, provider: &str) -> Reply {
+        let (reply, answer) = oneshot::channel();
+        let lookup = Lookup {
+            user_id: user_id.to_owned(),
+            provider: provider.to_owned(),
+            reply,
+        };
+        self.queue
+            .send(lookup)
+            .await
+            .map_err(|_| LookupError::Stopped)?;
+        answer.await.map_err(|_| LookupError::Stopped)?
+    }
+}
+
+/// One reading connection: takes what is queued, answers it with one statement, again.
+async fn read_loop(
+    queue: Arc<Mutex<mpsc::Receiver<Lookup>>>,
+    options: PgConnectOptions,
+    connect_timeout: Duration,
+    batch_size: Histogram,
+) {
+    let mut connection: Option<PgConnection> = None;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        // Only one task waits on the queue at a time; the others are busy with a statement.
+        let received = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if received == 0 {
+            return; // Every `Lookups` is gone.
+        }
+        // A caller that went away needs no answer.
+        batch.retain(|lookup: &Lookup| !lookup.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        batch_size.observe(batch.len() as f64);
+        match look_up(&mut connection, &options, connect_timeout, &batch).await {
+            Ok(rows) => {
+                for lookup in batch.drain(..) {
+                    let row = rows
+                        .iter()
+                        .find(|r| r.user_id == lookup.user_id && r.provider == lookup.provider)
+                        .cloned();
+                    let _ = lookup.reply.send(Ok(row));
+                }
+            }
+            Err(err) => {
+                connection = None;
+                for lookup in batch.drain(..) {
+                    let _ = lookup.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Answers a batch on the task's connection, connecting first if it has none; a failure on
+/// a connection used before is tried once more on a new one.
+async fn look_up(
+    connection: &mut Option<PgConnection>,
+    options: &PgConnectOptions,
+    connect_timeout: Duration,
+    batch: &[Lookup],
+) -> Result<Vec<TokenRow>, LookupError> {
+    if let Some(conn) = connection.as_mut() {
+        match find_batch(conn, batch).await {
+            Ok(rows) => return Ok(rows),
+            Err(err) => {
+                tracing::warn!(error = %err, "a reading connection failed; reconnecting");
+                *connection = None;
+            }
+        }
+    }
+    let connected = tokio::time::timeout(connect_timeout, PgConnection::connect_with(options))
+        .await
+        .map_err(|_| LookupError::ConnectTimeout)?
+        .map_err(|e| LookupError::Database(Arc::new(e)))?;
+    let conn = connection.insert(connected);
+    find_batch(conn, batch)
+        .await
+        .map_err(|e| LookupError::Database(Arc::new(e)))
+}
+
+/// One statement for the whole batch: the plain lookup for one pair, else every distinct
+/// pair at once.
+async fn find_batch(conn: &mut PgConnection, batch: &[Lookup]) -> sqlx::Result<Vec<TokenRow>> {
+    if let [one] = batch {
+        let row = store::find(conn, &one.user_id, &one.provider).await?;
+        return Ok(row.into_iter().collect());
+    }
+    let mut pairs: Vec<(&str, &str)> = batch
+        .iter()
+        .map(|l| (l.user_id.as_str(), l.provider.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    let (users, providers): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
+    store::find_pairs(conn, &users, &providers).await
+}
