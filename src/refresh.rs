@@ -145,8 +145,8 @@ impl Refresher {
     }
 
     /// An access token valid for at least the refresh buffer (or `min_validity`, if longer)
-    /// that carries every requested scope; refreshed first if need be. No span of its own:
-    /// the hot path; the request span names the pair.
+    /// that carries every requested scope; refreshed first if need be. No span of its own
+    /// (the hot path): its audit event names the pair, and a refresh runs in a span that does.
     pub async fn access_token(
         &self,
         user: &UserId,

@@ -86,7 +86,7 @@ impl Vault {
     }
 
     /// The stored grant, decrypted. The refresh token is opened only when asked for. No span
-    /// of its own: the hot path; the request span names the pair.
+    /// of its own (the hot path): its audit event names the pair.
     pub async fn get(
         &self,
         user: &UserId,

@@ -34,14 +34,10 @@ impl FromRequestParts<AppState> for TokenPath {
         }
         let axum::extract::Path(raw) =
             axum::extract::Path::<Raw>::from_request_parts(parts, state).await?;
-        let path = Self {
+        Ok(Self {
             user: UserId::parse(&raw.user_id)?,
             provider: ProviderName::parse(&raw.provider)?,
-        };
-        let span = tracing::Span::current();
-        span.record("user_id", path.user.as_str());
-        span.record("provider", path.provider.as_str());
-        Ok(path)
+        })
     }
 }
 
@@ -92,7 +88,6 @@ impl FromRequestParts<AppState> for Caller {
             .auth
             .authenticate(key.trim())
             .ok_or(ApiError::Unauthorized)?;
-        tracing::Span::current().record("client", client.name.as_str());
         Ok(Self(client))
     }
 }

@@ -103,9 +103,6 @@ fn request_span(request: &Request) -> Span {
         method = %request.method(),
         route,
         request_id,
-        client = tracing::field::Empty,
-        user_id = tracing::field::Empty,
-        provider = tracing::field::Empty,
     )
 }
 

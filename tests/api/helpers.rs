@@ -71,9 +71,8 @@ fn init_process() {
         // as JSON lines like production's.
         let writer = BufferWriter(log_buffer().clone());
         let _ = tracing_subscriber::fmt()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+            .event_format(token_store::telemetry::JsonLines)
+            .fmt_fields(token_store::telemetry::JsonFields)
             .with_env_filter("debug")
             .with_writer(move || writer.clone())
             .try_init();

@@ -119,6 +119,12 @@ struct Args {
     /// `database.max_connections` of the service (default: the service's own default).
     #[arg(long)]
     pool_size: Option<u32>,
+    /// Tokio worker threads of each service instance (`TOKIO_WORKER_THREADS`); 0: tokio's
+    /// default, one per CPU. One by default: on a machine where PostgreSQL and the load
+    /// generator share the CPUs with the service, a second worker thread only adds
+    /// cross-thread wake-ups (docs/benchmarks.md).
+    #[arg(long, default_value_t = 1)]
+    service_worker_threads: usize,
     /// The `token-store` binary (default: the one next to this executable).
     #[arg(long)]
     service_bin: Option<PathBuf>,
@@ -223,6 +229,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         cache_max_entries,
         cache_ttl_seconds: args.cache_ttl_seconds,
         pool_size: args.pool_size,
+        worker_threads: Some(args.service_worker_threads).filter(|&n| n > 0),
     };
     let launcher = Launcher {
         binary,
@@ -363,6 +370,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
             cache_ttl_seconds: args.cache_ttl_seconds,
             bound_max_entries: args.bound_max_entries,
             pool_size: args.pool_size,
+            service_worker_threads: args.service_worker_threads,
             rust_log: std::env::var("RUST_LOG").ok(),
             load_generator:
                 "built in: Rust, tokio single thread, raw HTTP/1.1, one keep-alive connection per worker",

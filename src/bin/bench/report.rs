@@ -41,6 +41,8 @@ pub struct Parameters {
     pub bound_max_entries: u64,
     /// `database.max_connections` of the service; `None`: its default.
     pub pool_size: Option<u32>,
+    /// `TOKIO_WORKER_THREADS` of each instance; 0: one per CPU.
+    pub service_worker_threads: usize,
     /// `RUST_LOG` of the service; `None`: its default (info).
     pub rust_log: Option<String>,
     pub load_generator: &'static str,
@@ -319,7 +321,7 @@ impl Results {
         let _ = writeln!(
             out,
             "Machine: {} CPUs ({}), {} GiB, Linux {}, {}.\n\
-             Run: {} users, {} s per measurement, provider delay {} ms, unwrap cache of {} entries for {} s, load generator: {}.\n",
+             Run: {} users, {} s per measurement, provider delay {} ms, unwrap cache of {} entries for {} s, service worker threads: {}, load generator: {}.\n",
             m.cpus,
             m.cpu_model,
             m.memory_total_gib,
@@ -330,6 +332,11 @@ impl Results {
             p.provider_delay_ms,
             p.cache_max_entries,
             p.cache_ttl_seconds,
+            if p.service_worker_threads == 0 {
+                "one per CPU".to_owned()
+            } else {
+                p.service_worker_threads.to_string()
+            },
             p.load_generator,
         );
         let _ = writeln!(

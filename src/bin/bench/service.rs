@@ -26,6 +26,8 @@ pub struct ServiceConfig {
     pub cache_ttl_seconds: u64,
     /// `database.max_connections`; `None` keeps the service's default.
     pub pool_size: Option<u32>,
+    /// Tokio worker threads of the service (`TOKIO_WORKER_THREADS`); `None`: one per CPU.
+    pub worker_threads: Option<usize>,
 }
 
 impl ServiceConfig {
@@ -116,7 +118,11 @@ impl Service {
             Stdio::null()
         };
         let stderr_path = dir.join(format!("{name}.stderr"));
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(threads) = config.worker_threads {
+            command.env("TOKIO_WORKER_THREADS", threads.to_string());
+        }
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
