@@ -5,7 +5,8 @@
 #
 # Usage: scripts/bench.sh [--users N] [--duration S] [--out FILE] [other bench options]
 #   --users N      users seeded through the API (default 10000)
-#   --duration S   seconds per measurement (default 10)
+#   --duration S   seconds per measurement (default 5)
+#   --trials N     warm-read trials (service, HTTP floor, pgbench alternated; medians reported; default 3)
 #   --out FILE     JSON results (default target/bench/results.json)
 #   --smoke        a seconds-long run that only checks the benchmark works
 #   --help         every option of the bench binary

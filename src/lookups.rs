@@ -108,10 +108,22 @@ async fn read_loop(
     let mut connection: Option<PgConnection> = None;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
-        // Only one task waits on the queue at a time; the others are busy with a statement.
-        let received = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
-        if received == 0 {
-            return; // Every `Lookups` is gone.
+        {
+            // Only one task waits on the queue at a time; the others are busy with a statement.
+            let mut queue = queue.lock().await;
+            if queue.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                return; // Every `Lookups` is gone.
+            }
+            // Let the tasks that are ready now (requests just read) queue their lookups too, so
+            // that they share this statement rather than wait for the next: no timer, and
+            // nothing to wait for when nothing else is ready.
+            tokio::task::yield_now().await;
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(lookup) => batch.push(lookup),
+                    Err(_) => break,
+                }
+            }
         }
         // A caller that went away needs no answer.
         batch.retain(|lookup: &Lookup| !lookup.reply.is_closed());

@@ -294,7 +294,10 @@ mod tests {
         assert_eq!(line["span"]["request_id"], "r-1");
         assert_eq!(line["span"]["late"], 7);
         let timestamp = line["timestamp"].as_str().unwrap();
-        assert!(chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(), "{timestamp}");
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+            "{timestamp}"
+        );
     }
 
     #[test]

@@ -52,8 +52,12 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     users: u64,
     /// Seconds per measurement (pgbench rounds up to whole seconds).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 5.0)]
     duration: f64,
+    /// Warm reads: trials of service, HTTP floor and pgbench, alternated; each is reported
+    /// by its median trial.
+    #[arg(long, default_value_t = 3)]
+    trials: usize,
     /// Where the JSON results go; service configurations and logs go next to it.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -144,6 +148,7 @@ impl Args {
             self.duration = 0.3;
             // Few PostgreSQL connections: the test suite's databases share the server.
             self.concurrency = vec![2, 4, 8];
+            self.trials = 1;
             self.storm_requests = 30;
             self.background_concurrency = 2;
             self.background_users = 10;
@@ -261,6 +266,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         n,
         &args.concurrency,
         duration,
+        args.trials,
         &work_dir,
         patience,
     )
@@ -359,6 +365,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
             smoke: args.smoke,
             users: n,
             duration_s: args.duration,
+            trials: args.trials,
             concurrency: args.concurrency.clone(),
             provider_delay_ms: args.provider_delay_ms,
             storm_requests: args.storm_requests,

@@ -27,6 +27,7 @@ pub struct Parameters {
     pub smoke: bool,
     pub users: u64,
     pub duration_s: f64,
+    pub trials: usize,
     pub concurrency: Vec<usize>,
     pub provider_delay_ms: u64,
     pub storm_requests: usize,
@@ -67,6 +68,15 @@ pub struct ReadsAt {
     pub ratio: f64,
     /// HTTP floor tps / pgbench tps: the most the ratio could be on this machine.
     pub floor_ratio: f64,
+    /// Every trial's throughput; the figures above are each the median trial's.
+    pub trials_tps: TrialsTps,
+}
+
+#[derive(Serialize)]
+pub struct TrialsTps {
+    pub service: Vec<f64>,
+    pub http_floor: Vec<f64>,
+    pub pgbench: Vec<f64>,
 }
 
 #[derive(Serialize)]
@@ -321,7 +331,7 @@ impl Results {
         let _ = writeln!(
             out,
             "Machine: {} CPUs ({}), {} GiB, Linux {}, {}.\n\
-             Run: {} users, {} s per measurement, provider delay {} ms, unwrap cache of {} entries for {} s, service worker threads: {}, load generator: {}.\n",
+             Run: {} users, {} s per measurement (warm reads: median of {} alternated trials), provider delay {} ms, unwrap cache of {} entries for {} s, service worker threads: {}, load generator: {}.\n",
             m.cpus,
             m.cpu_model,
             m.memory_total_gib,
@@ -329,6 +339,7 @@ impl Results {
             m.postgres.split(" on ").next().unwrap_or(&m.postgres),
             p.users,
             p.duration_s,
+            p.trials,
             p.provider_delay_ms,
             p.cache_max_entries,
             p.cache_ttl_seconds,
