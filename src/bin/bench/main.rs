@@ -263,12 +263,14 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     let reads = reads::compare(
         &service,
         &database_url,
-        n,
-        &args.concurrency,
-        duration,
-        args.trials,
-        &work_dir,
-        patience,
+        &reads::Plan {
+            users: n,
+            concurrencies: &args.concurrency,
+            duration,
+            trials: args.trials,
+            work_dir: &work_dir,
+            patience,
+        },
     )
     .await?;
 

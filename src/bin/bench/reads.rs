@@ -11,6 +11,20 @@ use crate::report::{Reads, ReadsAt, TrialsTps};
 use crate::service::{Service, API_KEY};
 use crate::sys::{self, CpuMeter};
 
+/// What the warm-read measurement covers.
+pub struct Plan<'a> {
+    /// Users read at random, `user-1` to `user-{users}`.
+    pub users: u64,
+    pub concurrencies: &'a [usize],
+    /// Of each trial of each of the three.
+    pub duration: Duration,
+    pub trials: usize,
+    /// Where pgbench's scripts and logs go.
+    pub work_dir: &'a Path,
+    /// Longest wait for the machine to be quiet before each trial.
+    pub patience: Duration,
+}
+
 /// At each concurrency, `trials` times over: `duration` of random-user `access-token` calls
 /// on `service` (one keep-alive connection per worker), the same on the HTTP floor, then
 /// `pgbench` for as long. Each is reported by its median trial: alternating the three and
@@ -18,13 +32,16 @@ use crate::sys::{self, CpuMeter};
 pub async fn compare(
     service: &Service,
     database_url: &str,
-    users: u64,
-    concurrencies: &[usize],
-    duration: Duration,
-    trials: usize,
-    work_dir: &Path,
-    patience: Duration,
+    plan: &Plan<'_>,
 ) -> anyhow::Result<Vec<ReadsAt>> {
+    let Plan {
+        users,
+        concurrencies,
+        duration,
+        trials,
+        work_dir,
+        patience,
+    } = *plan;
     let floor = Floor::start().await?;
     let mut results = Vec::new();
     for &concurrency in concurrencies {
