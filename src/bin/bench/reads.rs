@@ -48,29 +48,15 @@ pub async fn compare(
         let (mut services, mut floors, mut pgbenches) = (Vec::new(), Vec::new(), Vec::new());
         for trial in 1..=trials.max(1) {
             let at = format!("reads c={concurrency} trial {trial}/{trials}");
-            let s = closed_loop(
-                service.addr,
-                service.pid(),
-                users,
-                concurrency,
-                duration,
-                patience,
-            )
-            .await?;
+            let measure =
+                |addr, pid| closed_loop(addr, pid, users, concurrency, duration, patience);
+            let s = measure(service.addr, service.pid()).await?;
             log!(
                 "{at}: service {:.0} tps, p99 {:.2} ms, {} errors, CPU per request: service {:.1} µs, machine {:.1} µs",
                 s.tps, s.latency.p99_ms, s.errors, s.cpu.service_us, s.cpu.total_us,
             );
             services.push(s);
-            let f = closed_loop(
-                floor.addr,
-                floor.pid(),
-                users,
-                concurrency,
-                duration,
-                patience,
-            )
-            .await?;
+            let f = measure(floor.addr, floor.pid()).await?;
             log!(
                 "{at}: HTTP floor {:.0} tps, p99 {:.2} ms, CPU per request: server {:.1} µs, machine {:.1} µs",
                 f.tps, f.latency.p99_ms, f.cpu.service_us, f.cpu.total_us,
