@@ -135,6 +135,22 @@ impl Metrics {
     }
 }
 
+/// The sum of the samples of `name` in Prometheus text (as [`Metrics::render`] writes it)
+/// whose labels include `labels`; 0 if there are none. For readers of `/metrics`: the tests
+/// and the benchmark.
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

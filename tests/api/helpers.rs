@@ -287,7 +287,7 @@ impl TestApp {
             .text()
             .await
             .unwrap();
-        metric_value(&text, name, labels)
+        token_store::metrics::sample_sum(&text, name, labels)
     }
 
     pub async fn row_count(&self) -> i64 {
@@ -304,19 +304,6 @@ impl TestApp {
         )
         .await
     }
-}
-
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A token body with unique, recognisable secrets.

@@ -199,17 +199,7 @@ pub struct Metrics(String);
 impl Metrics {
     /// The sum of the samples of `name` whose labels include `labels`; 0 if none.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.0
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        token_store::metrics::sample_sum(&self.0, name, labels)
     }
 
     /// `None` if the service does not export `name` at all.
