@@ -7,6 +7,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 NEXTEST_VERSION="0.9.143"
+CARGO_AUDIT_VERSION="0.22.2"
+# An offline copy of the RustSec advisory database, where the machine has one beside the
+# checkout; elsewhere cargo audit fetches the current database.
+ADVISORY_DB="$ROOT/../shared/advisory-db"
 
 log() { printf '[test] %s\n' "$*" >&2; }
 
@@ -22,10 +26,23 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked "cargo-nextest@$NEXTEST_VERSION"
 fi
 
+if ! cargo audit --version 2>/dev/null | grep -q " $CARGO_AUDIT_VERSION\$"; then
+  log "installing cargo-audit $CARGO_AUDIT_VERSION (a few minutes, once)"
+  cargo install --locked "cargo-audit@$CARGO_AUDIT_VERSION"
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+# Dependencies: any RustSec advisory (warnings such as "unmaintained" included) that
+# .cargo/audit.toml does not list with its reason fails the run.
+log "cargo audit"
+if [ -d "$ADVISORY_DB" ]; then
+  cargo audit --db "$ADVISORY_DB" --no-fetch --deny warnings
+else
+  cargo audit --deny warnings
+fi
 scripts/infra-check.sh  # Terraform in infra/: parses, documented, checkov clean (pinned, cached)
 log "cargo nextest run"
 cargo nextest run --locked --no-fail-fast

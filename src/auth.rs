@@ -119,6 +119,21 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_differing_in_one_late_byte_does_not_authenticate() {
+        for byte in [4, 8, 16, 31] {
+            let mut hash = Sha256::digest(b"the-key").to_vec();
+            hash[byte] ^= 0x01;
+            let auth = Authenticator::new(vec![Client::new(
+                "near".into(),
+                &hex::encode(&hash),
+                [Permission::Read],
+            )
+            .unwrap()]);
+            assert!(auth.authenticate("the-key").is_none(), "byte {byte}");
+        }
+    }
+
+    #[test]
     fn rejects_malformed_hashes() {
         assert!(Client::new("x".into(), "abc", []).is_err());
     }

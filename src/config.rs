@@ -40,6 +40,21 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// `pretty` for people, `json` for production log pipelines.
     pub log_format: LogFormat,
+    /// Longest time from the first byte of a request to the end of its headers (ms).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in flight and no byte of a new one is closed after
+    /// this (ms). Above the ALB's 60 s idle timeout, as AWS advises for targets: the ALB
+    /// then always closes an idle connection first, and never sends a request on one the
+    /// service is closing at that very moment (which the ALB would answer 502).
+    pub idle_timeout_ms: u64,
+    /// Longest time a request may take, its body included (ms); then 503 `request_timeout`.
+    pub request_timeout_ms: u64,
+    /// Most connections open at once; at the cap the service stops accepting (the
+    /// kernel's backlog holds the rest) until one closes.
+    pub max_connections: usize,
+    /// After SIGTERM, how long in-flight requests may take before their connections are
+    /// dropped (ms). Below ECS's `stopTimeout` (30 s), after which ECS sends SIGKILL.
+    pub shutdown_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -48,7 +63,53 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 64 * 1024,
             log_format: LogFormat::Pretty,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 65_000,
+            request_timeout_ms: 30_000,
+            max_connections: 4_096,
+            shutdown_timeout_ms: 20_000,
         }
+    }
+}
+
+/// The HTTP server's bounds, checked (see [`ServerConfig::limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The bounds, or the reason the service must not start: each must be above 0 (a 0
+    /// would close every connection at once, or accept none), a timeout at most a day and
+    /// the cap at most a million (beyond, a deadline or a semaphore would overflow).
+    pub fn limits(&self) -> anyhow::Result<ServerLimits> {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        for (name, value, max) in [
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                DAY_MS,
+            ),
+            ("idle_timeout_ms", self.idle_timeout_ms, DAY_MS),
+            ("request_timeout_ms", self.request_timeout_ms, DAY_MS),
+            ("max_connections", self.max_connections as u64, 1_000_000),
+            ("shutdown_timeout_ms", self.shutdown_timeout_ms, DAY_MS),
+        ] {
+            if value == 0 || value > max {
+                bail!("server.{name} must be between 1 and {max}, not {value}");
+            }
+        }
+        Ok(ServerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_connections: self.max_connections,
+            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+        })
     }
 }
 
@@ -78,6 +139,32 @@ pub struct DatabaseConfig {
     /// Long-lived connections that answer the read path's lookups, in batches (`lookups`).
     #[serde(default = "default_read_connections")]
     pub read_connections: u32,
+    /// PostgreSQL `statement_timeout` of the service's sessions: a statement that runs
+    /// longer is cancelled and the request answers 503 `database_unavailable`.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// PostgreSQL `lock_timeout` of the service's sessions: the longest wait for a row or
+    /// table lock (a table locked by a migration or an operator) before the same 503.
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
+
+    pub fn lock_timeout(&self) -> Duration {
+        Duration::from_millis(self.lock_timeout_ms)
+    }
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    5_000
+}
+
+fn default_lock_timeout_ms() -> u64 {
+    2_000
 }
 
 fn default_read_connections() -> u32 {
@@ -108,6 +195,8 @@ pub struct KmsConfig {
     pub cache_max_entries: u64,
     /// Time limit of one KMS call, retries included.
     pub timeout_ms: u64,
+    /// How long `/readyz` reuses KMS's last answer (`DescribeKey`); 0 asks every time.
+    pub readiness_cache_ms: u64,
 }
 
 impl Default for KmsConfig {
@@ -118,6 +207,7 @@ impl Default for KmsConfig {
             cache_ttl_seconds: 300,
             cache_max_entries: 100_000,
             timeout_ms: 3_000,
+            readiness_cache_ms: 5_000,
         }
     }
 }
@@ -125,6 +215,10 @@ impl Default for KmsConfig {
 impl KmsConfig {
     pub fn cache_ttl(&self) -> Duration {
         Duration::from_secs(self.cache_ttl_seconds)
+    }
+
+    pub fn readiness_cache(&self) -> Duration {
+        Duration::from_millis(self.readiness_cache_ms)
     }
 }
 
@@ -324,6 +418,47 @@ mod tests {
             assert!(err.contains("no KMS key configured"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn server_limits_have_defaults_overridable_from_the_environment_and_refuse_zero() {
+        Jail::expect_with(|jail| {
+            jail.create_file("token-store.toml", FILE)?;
+            jail.set_env("TOKEN_STORE_SERVER__IDLE_TIMEOUT_MS", "70000");
+            jail.set_env("TOKEN_STORE_SERVER__MAX_CONNECTIONS", "100");
+            let config = Config::load(Path::new("token-store.toml")).map_err(|e| e.to_string())?;
+            let limits = config.server.limits().unwrap();
+            assert_eq!(limits.idle_timeout, Duration::from_secs(70));
+            assert_eq!(limits.max_connections, 100);
+            assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+            assert_eq!(limits.request_timeout, Duration::from_secs(30));
+            assert_eq!(limits.shutdown_timeout, Duration::from_secs(20));
+            jail.set_env("TOKEN_STORE_SERVER__REQUEST_TIMEOUT_MS", "0");
+            let config = Config::load(Path::new("token-store.toml")).map_err(|e| e.to_string())?;
+            let err = config.server.limits().unwrap_err().to_string();
+            assert!(err.contains("server.request_timeout_ms"), "{err}");
+            Ok(())
+        });
+        for zero in [
+            ServerConfig {
+                header_read_timeout_ms: 0,
+                ..ServerConfig::default()
+            },
+            ServerConfig {
+                max_connections: 0,
+                ..ServerConfig::default()
+            },
+            ServerConfig {
+                shutdown_timeout_ms: 0,
+                ..ServerConfig::default()
+            },
+            ServerConfig {
+                idle_timeout_ms: u64::MAX,
+                ..ServerConfig::default()
+            },
+        ] {
+            assert!(zero.limits().is_err());
+        }
     }
 
     #[test]

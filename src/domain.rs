@@ -36,6 +36,12 @@ impl UserId {
                 "may contain only A-Z a-z 0-9 . _ - @ : +",
             ));
         }
+        // Clients that normalise URLs (RFC 3986 §5.2.4) turn `/users/../tokens` into
+        // another path: such a user could be written by one client and never reached by
+        // another.
+        if raw == "." || raw == ".." {
+            return Err(invalid("userId", "must not be . or .."));
+        }
         Ok(Self(raw.to_owned()))
     }
 
@@ -228,6 +234,10 @@ mod tests {
         assert!(UserId::parse("a/b").is_err());
         assert!(UserId::parse("a b").is_err());
         assert!(UserId::parse("é").is_err());
+        assert!(UserId::parse(".").is_err());
+        assert!(UserId::parse("..").is_err());
+        assert!(UserId::parse("...").is_ok());
+        assert!(UserId::parse(".a").is_ok());
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub enum LookupError {
     Stopped,
 }
 
+impl LookupError {
+    /// The database is away or did not answer in time (see [`store::is_unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(err) => store::is_unavailable(err),
+            Self::ConnectTimeout => true,
+            Self::Stopped => false,
+        }
+    }
+}
+
 type Reply = Result<Option<TokenRow>, LookupError>;
 
 struct Lookup {
@@ -162,6 +173,11 @@ async fn look_up(
     if let Some(conn) = connection.as_mut() {
         match find_batch(conn, batch).await {
             Ok(rows) => return Ok(rows),
+            // A statement or lock timeout: the connection works, a new one would wait as
+            // long again.
+            Err(err) if store::is_timeout(&err) => {
+                return Err(LookupError::Database(Arc::new(err)))
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "a reading connection failed; reconnecting");
                 *connection = None;

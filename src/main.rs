@@ -80,7 +80,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate { config } => {
             let config = Config::load(&config)?;
             telemetry::init(config.server.log_format);
-            let db = startup::connect(&config.database).await?;
+            let db = startup::connect_for_migrations(&config.database).await?;
             store::migrate(&db).await?;
             tracing::info!("migrations applied");
             Ok(())

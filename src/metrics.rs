@@ -21,6 +21,7 @@ pub struct Metrics {
     pub lock_wait: HistogramVec,
     pub revocations: IntCounterVec,
     pub lookup_batch_size: Histogram,
+    pub http_connections: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -109,6 +110,17 @@ impl Metrics {
                 "Revocations at the provider by provider and outcome",
                 &["provider", "outcome"],
             ),
+            http_connections: {
+                let g = IntGauge::new(
+                    "http_connections",
+                    "HTTP connections open now (at most [server] max_connections)",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
             lookup_batch_size: {
                 let opts = HistogramOpts::new(
                     "lookup_batch_size",

@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 
 pub const GOOGLE_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
 pub const GOOGLE_REVOKE_ENDPOINT: &str = "https://oauth2.googleapis.com/revoke";
+/// The metric label of every provider name that is not configured.
+pub const UNCONFIGURED: &str = "unconfigured";
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -158,6 +160,16 @@ impl Providers {
     pub fn get(&self, name: &ProviderName) -> Option<Arc<dyn Provider>> {
         self.by_name.get(name.as_str()).cloned()
     }
+
+    /// The metric label of a provider: its name if it is configured, else `unconfigured`.
+    /// Callers choose provider names, and every label value is a series kept forever.
+    pub fn label<'a>(&self, name: &'a ProviderName) -> &'a str {
+        if self.by_name.contains_key(name.as_str()) {
+            name.as_str()
+        } else {
+            UNCONFIGURED
+        }
+    }
 }
 
 /// RFC 6749 refresh and RFC 7009 revocation over HTTPS (or HTTP on loopback in tests).
@@ -259,9 +271,9 @@ impl OAuth2Provider {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| transport_error(&e));
+        let body = read_bounded(response).await;
         self.observe(endpoint_label, started);
-        Ok((status, headers, body?.to_vec()))
+        Ok((status, headers, body?))
     }
 
     fn observe(&self, endpoint: &str, started: Instant) {
@@ -278,7 +290,7 @@ impl OAuth2Provider {
         ];
         let (status, headers, body) = self.post_form("token", &self.token_endpoint, form).await?;
         if status.is_success() {
-            let refreshed = parse_token_response(&body)?;
+            let refreshed = parse_token_response(&self.name, &body)?;
             if self.rotates_refresh_tokens && refreshed.refresh_token.is_none() {
                 tracing::warn!(provider = %self.name, "a rotating provider returned no new refresh token; keeping the old one");
             }
@@ -313,17 +325,20 @@ impl OAuth2Provider {
         }
         match serde_json::from_slice::<OAuthError>(body) {
             Ok(err) => {
+                // The provider may echo what it was sent (a token) in any of these fields:
+                // only the sanitized code and texts that pass `loggable` are logged.
+                let code = sanitize(&err.error);
                 if let Some(subtype) = err
                     .error_subtype
                     .as_deref()
                     .filter(|_| self.kind == ProviderKind::Google)
                 {
-                    tracing::info!(provider = %self.name, error = %err.error, error_subtype = subtype, "provider refused");
+                    tracing::info!(provider = %self.name, error = %code, error_subtype = loggable(subtype), "provider refused");
                 }
                 tracing::debug!(
                     provider = %self.name,
-                    error = %err.error,
-                    description = err.error_description.as_deref().unwrap_or(""),
+                    error = %code,
+                    description = loggable(err.error_description.as_deref().unwrap_or("")),
                     "OAuth error response"
                 );
                 match err.error.as_str() {
@@ -334,9 +349,7 @@ impl OAuth2Provider {
                         reason: err.error,
                         retry_after: retry_after(headers),
                     },
-                    _ => ProviderError::Unexpected {
-                        reason: sanitize(&err.error),
-                    },
+                    _ => ProviderError::Unexpected { reason: code },
                 }
             }
             Err(_) => ProviderError::Unexpected {
@@ -376,15 +389,29 @@ struct OAuthError {
 struct TokenResponse {
     access_token: String,
     refresh_token: Option<String>,
-    expires_in: Option<u64>,
+    /// Any JSON here: see [`expires_in`] for what is accepted.
+    expires_in: Option<serde_json::Value>,
     scope: Option<String>,
     token_type: Option<String>,
 }
 
-/// Access tokens without `expires_in` are taken to live an hour (Google's and Microsoft's).
+/// Access tokens without a usable `expires_in` are taken to live an hour (Google's and
+/// Microsoft's).
 const DEFAULT_EXPIRES_IN: Duration = Duration::from_secs(3600);
 
-fn parse_token_response(body: &[u8]) -> Result<Refreshed, ProviderError> {
+/// The longest `expires_in` taken as given: a year.
+const MAX_EXPIRES_IN_SECS: u64 = 31_536_000;
+
+/// The longest `Retry-After` honoured, so that `now + retry_after` can never overflow.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The most of a provider's answer that is read. Token and error responses are a few KiB
+/// at most; anything bigger is refused before it can grow the process.
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Parses a successful token response. A bad `expires_in` never refuses it: the response
+/// may carry a rotated refresh token, and refusing it would lose that (see [`expires_in`]).
+fn parse_token_response(provider: &ProviderName, body: &[u8]) -> Result<Refreshed, ProviderError> {
     let malformed = |what: &str| ProviderError::Unexpected {
         reason: format!("malformed token response: {what}"),
     };
@@ -410,11 +437,40 @@ fn parse_token_response(body: &[u8]) -> Result<Refreshed, ProviderError> {
             .map(RefreshToken::parse)
             .transpose()
             .map_err(|_| malformed("refresh_token"))?,
-        expires_in: response
-            .expires_in
-            .map_or(DEFAULT_EXPIRES_IN, Duration::from_secs),
+        expires_in: expires_in(provider, response.expires_in.as_ref()),
         scopes,
     })
+}
+
+/// The access token's lifetime. `expires_in` is taken as given when it is a whole number
+/// of seconds from 1 to a year, sent as a JSON integer or as a numeric string (some
+/// providers send strings). Anything else (0, negative, fractional, not a number, more than
+/// a year) is ignored with a warning that names the provider. A missing or null one is
+/// ignored without a warning, since RFC 6749 makes it optional. Either way the token is
+/// taken to live [`DEFAULT_EXPIRES_IN`]. A lifetime taken too short only costs an earlier
+/// refresh; one taken too long would hand out dead tokens.
+fn expires_in(provider: &ProviderName, value: Option<&serde_json::Value>) -> Duration {
+    use serde_json::Value;
+    let Some(value) = value.filter(|v| !v.is_null()) else {
+        return DEFAULT_EXPIRES_IN;
+    };
+    let seconds = match value {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse::<u64>().ok(),
+        _ => None,
+    };
+    match seconds.filter(|s| (1..=MAX_EXPIRES_IN_SECS).contains(s)) {
+        Some(seconds) => Duration::from_secs(seconds),
+        None => {
+            // A number is no secret and helps; a string or anything else is never logged.
+            tracing::warn!(
+                provider = %provider,
+                expires_in = value.as_number().map(tracing::field::display),
+                "expires_in out of range (1 s to a year); the access token is taken to live an hour"
+            );
+            DEFAULT_EXPIRES_IN
+        }
+    }
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare for OAuth endpoints and ignored).
@@ -426,7 +482,31 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(Duration::from_secs)
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
+/// The response body, read chunk by chunk up to [`MAX_RESPONSE_BYTES`]: a bigger one (by its
+/// `Content-Length`, or once more than that has arrived) is a transient failure, and the
+/// rest is never read.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    let too_large = || ProviderError::Transient {
+        reason: "response_too_large".to_owned(),
+        retry_after: None,
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&e))? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn transport_error(err: &reqwest::Error) -> ProviderError {
@@ -443,22 +523,52 @@ fn transport_error(err: &reqwest::Error) -> ProviderError {
     }
 }
 
-/// An OAuth error code as bookkeeping may store it: RFC 6749 codes are `[\x20-\x7e]` minus
-/// `"` and `\`; keep a bounded, printable form of whatever came.
+/// An OAuth error code as bookkeeping, metrics and logs may hold it: the code itself if it
+/// is plain `snake_case` of at most 40 characters, else `unrecognized_error`.
 fn sanitize(code: &str) -> String {
-    code.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-        .take(64)
-        .collect()
+    // RFC 6749's codes and every provider's we know are short `snake_case`; anything else
+    // (a token echoed as the code, say) is kept as a fixed word, not a filtered copy.
+    let plain = !code.is_empty()
+        && code.len() <= 40
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        code.to_owned()
+    } else {
+        "unrecognized_error".to_owned()
+    }
+}
+
+/// A provider's free text (`error_description`, `error_subtype`) as it may be logged:
+/// as sent if it is short plain text, else `"[omitted]"`. Plain text is at most 200 ASCII
+/// letters, digits, spaces and `_-.,:'()`, in words of at most 24 characters: a longer word
+/// looks like a token or an id (Google's access tokens pass the character check).
+fn loggable(text: &str) -> &str {
+    let plain = text.len() <= 200
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " _-.,:'()".contains(c))
+        && text.split(' ').all(|word| word.len() <= 24);
+    if plain {
+        text
+    } else {
+        "[omitted]"
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn google() -> ProviderName {
+        ProviderName::parse("google").unwrap()
+    }
+
     #[test]
     fn parses_a_refresh_response_with_and_without_rotation() {
         let r = parse_token_response(
+            &google(),
             br#"{"access_token":"ya29.a","expires_in":3599,"scope":"openid email","token_type":"Bearer"}"#,
         )
         .unwrap();
@@ -468,6 +578,7 @@ mod tests {
         assert_eq!(r.scopes.unwrap().len(), 2);
 
         let r = parse_token_response(
+            &google(),
             br#"{"access_token":"a","refresh_token":"r2","token_type":"bearer"}"#,
         )
         .unwrap();
@@ -475,8 +586,88 @@ mod tests {
         assert_eq!(r.expires_in, DEFAULT_EXPIRES_IN);
         assert!(r.scopes.is_none());
 
-        assert!(parse_token_response(b"{}").is_err());
-        assert!(parse_token_response(br#"{"access_token":"a","token_type":"mac"}"#).is_err());
+        assert!(parse_token_response(&google(), b"{}").is_err());
+        assert!(
+            parse_token_response(&google(), br#"{"access_token":"a","token_type":"mac"}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn expires_in_is_taken_only_from_one_second_to_a_year() {
+        let hour = DEFAULT_EXPIRES_IN;
+        let cases: &[(&str, Duration)] = &[
+            ("1", Duration::from_secs(1)),
+            ("3599", Duration::from_secs(3599)),
+            ("31536000", Duration::from_secs(31_536_000)),
+            (r#""3600""#, Duration::from_secs(3600)),
+            (r#""7200""#, Duration::from_secs(7200)),
+            ("0", hour),
+            ("-5", hour),
+            ("3.5", hour),
+            (r#""abc""#, hour),
+            (r#""-5""#, hour),
+            (r#""""#, hour),
+            ("31536001", hour),
+            ("9000000000000", hour),
+            ("18446744073709551615", hour),
+            ("1e30", hour),
+            ("true", hour),
+            ("[3600]", hour),
+            ("null", hour),
+        ];
+        for (value, expected) in cases {
+            let body = format!(
+                r#"{{"access_token":"a","refresh_token":"r2","expires_in":{value},"token_type":"Bearer"}}"#
+            );
+            let r = parse_token_response(&google(), body.as_bytes())
+                .unwrap_or_else(|e| panic!("expires_in {value}: {e}"));
+            assert_eq!(r.expires_in, *expected, "expires_in {value}");
+            // Accepted anyway: a rotated refresh token in it must not be lost.
+            assert_eq!(r.refresh_token.unwrap().expose(), "r2");
+        }
+        let absent = parse_token_response(&google(), br#"{"access_token":"a"}"#).unwrap();
+        assert_eq!(absent.expires_in, hour);
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_clamped_to_an_hour() {
+        let header = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(RETRY_AFTER, value.parse().unwrap());
+            retry_after(&headers)
+        };
+        assert_eq!(header("120"), Some(Duration::from_secs(120)));
+        assert_eq!(header("3600"), Some(MAX_RETRY_AFTER));
+        assert_eq!(header("3601"), Some(MAX_RETRY_AFTER));
+        assert_eq!(header("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(header("abc"), None);
+        assert_eq!(header("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn only_short_plain_text_from_a_provider_is_loggable() {
+        for text in [
+            "",
+            "Token has been expired or revoked.",
+            "invalid_rapt",
+            "reauth related error (invalid_rapt)",
+            "AADSTS700082: the refresh token has expired, isn't it",
+        ] {
+            assert_eq!(loggable(text), text);
+        }
+        for text in [
+            "1//0gAbCdEf-refresh-token",
+            "token=abc",
+            "ya29.a0AfB_byC1234567890abcdefghijklmnop",
+            "bad token ya29.access-0123456789abcdef0123456789abcdef",
+            "line\nbreak",
+            "quote\"d",
+            "caf\u{e9}",
+            "word ".repeat(41).as_str(),
+        ] {
+            assert_eq!(loggable(text), "[omitted]", "{text}");
+        }
     }
 
     #[test]
@@ -496,9 +687,11 @@ mod tests {
     }
 
     #[test]
-    fn sanitize_keeps_codes_printable_and_short() {
+    fn sanitize_keeps_plain_codes_and_replaces_anything_else() {
         assert_eq!(sanitize("invalid_scope"), "invalid_scope");
-        assert_eq!(sanitize("a b\"c\n"), "abc");
-        assert_eq!(sanitize(&"x".repeat(100)).len(), 64);
+        assert_eq!(sanitize("a b\"c\n"), "unrecognized_error");
+        assert_eq!(sanitize(&"x".repeat(41)), "unrecognized_error");
+        assert_eq!(sanitize("ya29A0AfH6SMBx"), "unrecognized_error");
+        assert_eq!(sanitize(""), "unrecognized_error");
     }
 }

@@ -17,7 +17,9 @@
 //!    access token is served while it has not actually expired.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -28,7 +30,7 @@ use tracing::{instrument, Instrument};
 use crate::crypto::{CryptoError, Field, KeyContext, RowKey};
 use crate::domain::{AccessToken, ProviderName, RefreshToken, Scope, TokenStatus, UserId};
 use crate::metrics::Metrics;
-use crate::providers::{ProviderError, Providers, Refreshed};
+use crate::providers::{Provider, ProviderError, Providers, Refreshed};
 use crate::store::{self, TokenRow};
 use crate::vault::{open_row, Vault, VaultError};
 
@@ -67,6 +69,8 @@ pub enum RefreshError {
     ProviderUnavailable { retry_after: Duration },
     #[error("KMS is unavailable")]
     KmsUnavailable(Arc<anyhow::Error>),
+    #[error("the database is unavailable")]
+    DatabaseUnavailable(Arc<anyhow::Error>),
     #[error("refresh failed")]
     Unexpected(Arc<anyhow::Error>),
 }
@@ -82,6 +86,9 @@ impl From<VaultError> for RefreshError {
         match err {
             VaultError::NotFound => Self::NotFound,
             VaultError::Crypto(CryptoError::KmsUnavailable(e)) => Self::KmsUnavailable(Arc::new(e)),
+            other if other.is_database_unavailable() => {
+                Self::DatabaseUnavailable(Arc::new(other.into()))
+            }
             other => Self::unexpected(other),
         }
     }
@@ -95,7 +102,7 @@ impl From<CryptoError> for RefreshError {
 
 impl From<sqlx::Error> for RefreshError {
     fn from(err: sqlx::Error) -> Self {
-        Self::unexpected(err)
+        VaultError::from(err).into()
     }
 }
 
@@ -121,7 +128,7 @@ struct Inner {
     providers: Providers,
     settings: RefreshSettings,
     metrics: Metrics,
-    flights: Mutex<HashMap<FlightKey, Flight>>,
+    flights: Flights<FlightKey>,
 }
 
 impl Refresher {
@@ -139,7 +146,7 @@ impl Refresher {
                 providers,
                 settings,
                 metrics,
-                flights: Mutex::default(),
+                flights: Flights::default(),
             }),
         }
     }
@@ -172,7 +179,7 @@ impl Refresher {
         }
         let validity = min_validity.map_or(inner.settings.buffer, |v| v.max(inner.settings.buffer));
         let now = Utc::now();
-        if row.expires_at > now + validity {
+        if row.expires_at > after(now, validity) {
             return inner.open_access(&row).await;
         }
         if let Some(until) = row.refresh_retry_after.filter(|t| *t > now) {
@@ -200,69 +207,122 @@ impl Refresher {
             provider: provider.clone(),
             force: validity.is_none(),
         };
-        let flight = {
-            let mut flights = self.inner.flights.lock().expect("flights lock");
-            if let Some(flight) = flights.get(&key) {
-                self.inner.metrics.refresh_joins.inc();
-                flight.clone()
-            } else {
-                let inner = self.inner.clone();
-                let task_key = key.clone();
-                let span = tracing::info_span!("refresh", user_id = %user, provider = %provider);
-                let task = tokio::spawn(
-                    async move {
-                        let outcome = inner.run_flight(&task_key, validity).await;
-                        inner
-                            .flights
-                            .lock()
-                            .expect("flights lock")
-                            .remove(&task_key);
-                        outcome
-                    }
-                    .instrument(span),
-                );
-                let flight = async move {
-                    task.await.unwrap_or_else(|e| {
-                        Err(RefreshError::unexpected(anyhow::anyhow!(
-                            "refresh task failed: {e}"
-                        )))
-                    })
-                }
-                .boxed()
-                .shared();
-                flights.insert(key, flight.clone());
-                flight
-            }
-        };
+        let span = tracing::info_span!("refresh", user_id = %user, provider = %provider);
+        let inner = self.inner.clone();
+        let (flight, joined) = self.inner.flights.join_or_start(key, move |key| {
+            async move { inner.run_flight(&key, validity).await }.instrument(span)
+        });
+        if joined {
+            self.inner.metrics.refresh_joins.inc();
+        }
         flight.await
     }
 }
 
+/// The flights in progress in this process, one per key. A flight runs as its own task and
+/// leaves the map when that task ends, however it ends: with an outcome, a panic or the
+/// runtime shutting down (a guard removes it on drop). A flight that stayed behind would
+/// answer every later caller with its stale outcome.
+struct Flights<K> {
+    map: Arc<Mutex<HashMap<K, Flight>>>,
+}
+
+impl<K> Default for Flights<K> {
+    fn default() -> Self {
+        Self {
+            map: Arc::default(),
+        }
+    }
+}
+
+impl<K: Clone + Eq + Hash + Send + Sync + 'static> Flights<K> {
+    /// The flight of `key`, started with `start(key)` if there is none; `true` if joined.
+    fn join_or_start<F>(&self, key: K, start: impl FnOnce(K) -> F) -> (Flight, bool)
+    where
+        F: Future<Output = Outcome> + Send + 'static,
+    {
+        let mut map = lock(&self.map);
+        if let Some(flight) = map.get(&key) {
+            return (flight.clone(), true);
+        }
+        let landing = Landing {
+            map: self.map.clone(),
+            key: key.clone(),
+        };
+        let work = start(key.clone());
+        let task = tokio::spawn(async move {
+            let _landing = landing;
+            work.await
+        });
+        let flight = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(RefreshError::unexpected(anyhow::anyhow!(
+                    "refresh task failed: {e}"
+                )))
+            })
+        }
+        .boxed()
+        .shared();
+        map.insert(key, flight.clone());
+        (flight, false)
+    }
+}
+
+/// Removes its flight from the map when dropped: at the end of the flight's task.
+struct Landing<K: Eq + Hash> {
+    map: Arc<Mutex<HashMap<K, Flight>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash> Drop for Landing<K> {
+    fn drop(&mut self) {
+        lock(&self.map).remove(&self.key);
+    }
+}
+
+/// The map's lock, even if a thread panicked while holding it (the map stays consistent:
+/// every change is a single insert or remove).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Inner {
     async fn run_flight(&self, key: &FlightKey, validity: Option<Duration>) -> Outcome {
-        let (user, provider) = (key.user.as_str(), key.provider.as_str());
         let Some(client) = self.providers.get(&key.provider) else {
             self.count(&key.provider, "not_configured");
             return Err(RefreshError::ProviderNotConfigured);
         };
-
-        let mut tx = self.lock_pool.begin().await?;
-        let waited = Instant::now();
-        let locked = store::lock_pair(&mut tx, user, provider, self.settings.lock_timeout).await;
-        self.metrics
-            .lock_wait
-            .with_label_values(&[provider])
-            .observe(waited.elapsed().as_secs_f64());
-        if let Err(err) = locked {
-            if store::is_lock_timeout(&err) {
-                self.count(&key.provider, "lock_timeout");
-                tracing::warn!("gave up waiting for the refresh lock");
-                return Err(RefreshError::ProviderUnavailable {
-                    retry_after: Duration::from_secs(1),
-                });
+        // A grant replaced or deleted while the provider was being asked fences the write
+        // off; the new state is then looked at under the lock again: a deleted grant is not
+        // found, a new one is served if it is fresh and refreshed if it is not (even when
+        // this flight was a forced refresh: the new grant is not the one it was asked for).
+        let mut validity = validity;
+        for _ in 0..2 {
+            if let Some(grant) = self.attempt(key, validity, &*client).await? {
+                return Ok(grant);
             }
-            return Err(err.into());
+            self.count(&key.provider, "superseded");
+            validity = Some(validity.unwrap_or(self.settings.buffer));
         }
+        // Replaced again and again: what is stored now, if it is still valid.
+        self.serve_stored(key).await
+    }
+
+    /// One refresh under the pair's lock. `Ok(None)`: the grant changed under it (replaced
+    /// or deleted), so nothing it read may be served.
+    async fn attempt(
+        &self,
+        key: &FlightKey,
+        validity: Option<Duration>,
+        client: &dyn Provider,
+    ) -> Result<Option<AccessGrant>, RefreshError> {
+        let (user, provider) = (key.user.as_str(), key.provider.as_str());
+        let Some(mut tx) = self.lock(key).await? else {
+            // Busy: another refresh holds the lock, or every lock connection is taken.
+            self.count(&key.provider, "lock_timeout");
+            tracing::warn!("gave up waiting for the refresh lock");
+            return self.serve_stored(key).await.map(Some);
+        };
 
         // Under the lock: the row as it is now, perhaps refreshed by another replica.
         let row = store::find(&mut *tx, user, provider)
@@ -271,14 +331,14 @@ impl Inner {
         ensure_active(&row)?;
         let now = Utc::now();
         if let Some(validity) = validity {
-            if row.expires_at > now + validity {
+            if row.expires_at > after(now, validity) {
                 self.count(&key.provider, "already_fresh");
-                return self.open_access(&row).await;
+                return self.open_access(&row).await.map(Some);
             }
         }
         if let Some(until) = row.refresh_retry_after.filter(|t| *t > now) {
             self.count(&key.provider, "cooldown");
-            return self.serve_or_unavailable(&row, until).await;
+            return self.serve_or_unavailable(&row, until).await.map(Some);
         }
         let Some(refresh_ct) = row.refresh_token_ct.clone() else {
             self.count(&key.provider, "no_refresh_token");
@@ -292,7 +352,9 @@ impl Inner {
                 let grant = self
                     .persist(tx, key, &row, row_key, refresh_token, refreshed)
                     .await?;
-                self.count(&key.provider, "refreshed");
+                if grant.is_some() {
+                    self.count(&key.provider, "refreshed");
+                }
                 Ok(grant)
             }
             Err(ProviderError::Terminal { error }) => {
@@ -305,14 +367,17 @@ impl Inner {
                 )
                 .await?;
                 tx.commit().await?;
-                tracing::warn!(error = %error, marked, "the provider rejected the grant");
+                if !marked {
+                    return Ok(None);
+                }
+                tracing::warn!(error = %error, "the provider rejected the grant");
                 self.count(&key.provider, "terminal");
                 Err(RefreshError::ReauthorizationRequired)
             }
             Err(err) => {
                 let cooldown = self.cooldown(&row, &err);
-                let until = now + cooldown;
-                store::record_transient_failure(
+                let until = after(now, cooldown);
+                let recorded = store::record_transient_failure(
                     &mut *tx,
                     user,
                     provider,
@@ -322,6 +387,9 @@ impl Inner {
                 )
                 .await?;
                 tx.commit().await?;
+                if !recorded {
+                    return Ok(None);
+                }
                 tracing::warn!(error = %err, cooldown_s = cooldown.as_secs(), "refresh failed");
                 match err {
                     ProviderError::Unexpected { .. } => {
@@ -330,11 +398,59 @@ impl Inner {
                     }
                     _ => {
                         self.count(&key.provider, "transient");
-                        self.serve_or_unavailable(&row, until).await
+                        self.serve_or_unavailable(&row, until).await.map(Some)
                     }
                 }
             }
         }
+    }
+
+    /// A transaction holding the pair's advisory lock, or `None` if neither a lock-pool
+    /// connection nor the lock could be had within `lock_timeout` (both waits together).
+    async fn lock(
+        &self,
+        key: &FlightKey,
+    ) -> Result<Option<sqlx::Transaction<'static, sqlx::Postgres>>, RefreshError> {
+        let (user, provider) = (key.user.as_str(), key.provider.as_str());
+        let started = Instant::now();
+        let timeout = self.settings.lock_timeout;
+        let observe = || {
+            self.metrics
+                .lock_wait
+                .with_label_values(&[self.providers.label(&key.provider)])
+                .observe(started.elapsed().as_secs_f64());
+        };
+        let mut tx = match tokio::time::timeout(timeout, self.lock_pool.begin()).await {
+            Ok(Ok(tx)) => tx,
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => {
+                observe();
+                return Ok(None);
+            }
+            Ok(Err(err)) => return Err(err.into()),
+        };
+        let remaining = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let locked = store::lock_pair(&mut tx, user, provider, remaining).await;
+        observe();
+        match locked {
+            Ok(()) => Ok(Some(tx)),
+            Err(err) if store::is_lock_timeout(&err) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The stored grant's access token if it has not actually expired (read without the
+    /// lock), else 503: for when the lock cannot be had or the grant keeps changing.
+    async fn serve_stored(&self, key: &FlightKey) -> Outcome {
+        let row = self
+            .vault
+            .find(&key.user, &key.provider)
+            .await?
+            .ok_or(RefreshError::NotFound)?;
+        ensure_active(&row)?;
+        self.serve_or_unavailable(&row, after(Utc::now(), Duration::from_secs(1)))
+            .await
     }
 
     /// Seals the provider's answer and writes it with the version check, in the lock's
@@ -347,7 +463,7 @@ impl Inner {
         row_key: RowKey,
         old_refresh_token: RefreshToken,
         refreshed: Refreshed,
-    ) -> Outcome {
+    ) -> Result<Option<AccessGrant>, RefreshError> {
         let (user, provider) = (key.user.as_str(), key.provider.as_str());
         let now = Utc::now();
         let key_age = (now - row.data_key_created_at).to_std().unwrap_or_default();
@@ -394,7 +510,7 @@ impl Inner {
                 .collect()
         });
         let scope_strings: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
-        let expires_at = now + chrono::Duration::from_std(refreshed.expires_in).unwrap_or_default();
+        let expires_at = after(now, refreshed.expires_in);
         let write = store::RefreshedRow {
             kms_key_id: &kms_key_id,
             wrapped_data_key: &wrapped,
@@ -417,16 +533,14 @@ impl Inner {
             Err(err) => self.retry_persist(key, row.version, &write, err).await?,
         };
         if !written {
-            tracing::error!("the grant was replaced while it was being refreshed; the refreshed token is discarded");
-            return Err(RefreshError::unexpected(anyhow::anyhow!(
-                "grant replaced during refresh"
-            )));
+            tracing::info!("the grant was replaced or deleted while it was being refreshed; the refreshed token is discarded");
+            return Ok(None);
         }
-        Ok(AccessGrant {
+        Ok(Some(AccessGrant {
             access_token: refreshed.access_token,
             expires_at,
             scopes,
-        })
+        }))
     }
 
     async fn retry_persist(
@@ -504,9 +618,18 @@ impl Inner {
     fn count(&self, provider: &ProviderName, outcome: &str) {
         self.metrics
             .refreshes
-            .with_label_values(&[provider.as_str(), outcome])
+            .with_label_values(&[self.providers.label(provider), outcome])
             .inc();
     }
+}
+
+/// `now + duration`, saturating at the latest representable time: durations here come from
+/// providers and configuration, and adding them must never panic.
+fn after(now: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn ensure_active(row: &TokenRow) -> Result<(), RefreshError> {
@@ -525,4 +648,62 @@ fn open_refresh_token(key: &RowKey, row: &TokenRow) -> Result<RefreshToken, Refr
         .token
         .refresh_token
         .ok_or(RefreshError::ReauthorizationRequired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(token: &str) -> Outcome {
+        Ok(AccessGrant {
+            access_token: AccessToken::parse(token.to_owned()).unwrap(),
+            expires_at: Utc::now(),
+            scopes: Vec::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_flight_whose_task_panics_leaves_the_map_and_the_next_caller_flies_anew() {
+        let flights = Flights::<&str>::default();
+        let (first, joined) = flights.join_or_start("pair", |_| async {
+            panic!("provider arithmetic overflowed");
+        });
+        assert!(!joined);
+        assert!(matches!(first.await, Err(RefreshError::Unexpected(_))));
+        assert!(lock(&flights.map).is_empty(), "the failed flight stayed");
+
+        let (second, joined) = flights.join_or_start("pair", |_| async { grant("fresh") });
+        assert!(!joined, "the next caller joined a dead flight");
+        assert_eq!(second.await.unwrap().access_token.expose(), "fresh");
+        assert!(lock(&flights.map).is_empty());
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_join_one_flight() {
+        let flights = Flights::<&str>::default();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (first, _) = flights.join_or_start("pair", |_| async move {
+            let _ = released.await;
+            grant("shared")
+        });
+        let (second, joined) = flights.join_or_start("pair", |_| async { grant("other") });
+        assert!(joined);
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().access_token.expose(), "shared");
+        assert_eq!(second.await.unwrap().access_token.expose(), "shared");
+    }
+
+    #[test]
+    fn adding_a_huge_duration_saturates_instead_of_panicking() {
+        let now = Utc::now();
+        assert_eq!(after(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            after(now, Duration::from_secs(9_000_000_000_000)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert_eq!(
+            after(now, Duration::from_secs(60)),
+            now + chrono::TimeDelta::seconds(60)
+        );
+    }
 }

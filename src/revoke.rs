@@ -53,7 +53,7 @@ async fn revoke_at_provider(
     let count = |outcome: &str| {
         metrics
             .revocations
-            .with_label_values(&[provider.as_str(), outcome])
+            .with_label_values(&[providers.label(provider), outcome])
             .inc();
     };
     let Some(row) = store::find(vault.db(), user.as_str(), provider.as_str()).await? else {

@@ -2,19 +2,20 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use secrecy::ExposeSecret;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
-use crate::config::{Config, DatabaseConfig, KmsConfig};
+use crate::config::{Config, DatabaseConfig, KmsConfig, ServerLimits};
 use crate::crypto::{CacheSettings, Envelope};
 use crate::http::{self, AppState, Services};
 use crate::lookups::Lookups;
@@ -29,6 +30,7 @@ pub struct Application {
     router: axum::Router,
     local_addr: SocketAddr,
     state: AppState,
+    limits: ServerLimits,
 }
 
 impl Application {
@@ -37,6 +39,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let key_id = config.kms_key_id()?.to_owned();
         let refresh_settings = config.refresh.settings()?;
+        let limits = config.server.limits()?;
         let clients = config.clients()?;
         if clients.is_empty() {
             tracing::warn!("no clients configured: every API call will answer 401");
@@ -47,15 +50,15 @@ impl Application {
             config.refresh.provider_timeout(),
             &metrics,
         )?;
-        let db = connect(&config.database).await?;
-        let lock_pool = PgPoolOptions::new()
-            .max_connections(config.database.lock_pool_connections)
-            .acquire_timeout(refresh_settings.lock_timeout)
-            .connect_lazy(config.database.url.expose_secret())
-            .context("configuring the lock pool")?;
         if config.database.migrate_on_start {
-            store::migrate(&db).await.context("running migrations")?;
+            let migrations = connect_for_migrations(&config.database).await?;
+            store::migrate(&migrations)
+                .await
+                .context("running migrations")?;
+            migrations.close().await;
         }
+        let db = connect(&config.database).await?;
+        let lock_pool = connect_lock_pool(&config.database, refresh_settings.lock_timeout)?;
         let envelope = Envelope::new(
             kms_client(&config.kms).await,
             key_id,
@@ -64,7 +67,8 @@ impl Application {
                 max_entries: config.kms.cache_max_entries,
             },
             metrics.clone(),
-        );
+        )
+        .with_readiness_ttl(config.kms.readiness_cache());
         let lookups = Lookups::start(
             &db,
             config.database.read_connections as usize,
@@ -86,9 +90,12 @@ impl Application {
             auth: Authenticator::new(clients),
             metrics,
         });
-        let router = http::app(state.clone(), config.server.body_limit_bytes);
-        let listener = TcpListener::bind(config.server.listen)
-            .await
+        let router = http::app(
+            state.clone(),
+            config.server.body_limit_bytes,
+            limits.request_timeout,
+        );
+        let listener = http::bind(config.server.listen)
             .with_context(|| format!("binding {}", config.server.listen))?;
         let local_addr = listener.local_addr()?;
         Ok(Self {
@@ -96,6 +103,7 @@ impl Application {
             router,
             local_addr,
             state,
+            limits,
         })
     }
 
@@ -111,7 +119,8 @@ impl Application {
         &self.state
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests.
+    /// Serves until SIGTERM or Ctrl-C, then finishes in-flight requests (for at most
+    /// `[server] shutdown_timeout_ms`; see `http::serve`).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
     }
@@ -122,25 +131,82 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr, "listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")?;
+        http::serve(
+            self.listener,
+            self.router,
+            self.limits,
+            self.state.metrics.http_connections.clone(),
+            shutdown,
+        )
+        .await;
         self.state.vault.db().close().await;
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// The request pool. Connections are made lazily, so a service can start while the
-/// database is briefly away; `/readyz` tells when it is not.
+/// `application_name` of the request pool's sessions (`pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "token-store";
+/// `application_name` of the lock pool's sessions.
+pub const LOCK_APPLICATION_NAME: &str = "token-store-locks";
+
+/// The request pool. It connects at once, so that a wrong URL or password stops the
+/// service at start rather than at its first request. Its sessions (and the read path's,
+/// which copy its options) carry `statement_timeout` and `lock_timeout`: a stuck database
+/// gives errors (503 `database_unavailable`), not hung requests.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    let options = limited(session_options(config)?, config.statement_timeout(), config)?
+        .application_name(APPLICATION_NAME);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-        .connect(config.url.expose_secret())
+        .connect_with(options)
         .await
         .context("connecting to PostgreSQL")
+}
+
+/// The pool that holds refresh locks. Lazy: it connects at the first refresh. A statement
+/// there may wait for the pair's advisory lock for up to `lock_wait` (bounded by the lock
+/// itself), so its `statement_timeout` is that plus the usual one.
+fn connect_lock_pool(config: &DatabaseConfig, lock_wait: Duration) -> anyhow::Result<PgPool> {
+    let statement_timeout = lock_wait + config.statement_timeout();
+    let options = limited(session_options(config)?, statement_timeout, config)?
+        .application_name(LOCK_APPLICATION_NAME);
+    Ok(PgPoolOptions::new()
+        .max_connections(config.lock_pool_connections)
+        .acquire_timeout(lock_wait)
+        .connect_lazy_with(options))
+}
+
+/// One connection without time limits, for migrations: they may wait for another
+/// replica's migration lock, and a migration may take longer than any request should.
+pub async fn connect_for_migrations(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .connect_with(session_options(config)?.application_name("token-store-migrate"))
+        .await
+        .context("connecting to PostgreSQL")
+}
+
+fn session_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
+    PgConnectOptions::from_str(config.url.expose_secret())
+        .context("database.url is not a valid PostgreSQL URL")
+}
+
+fn limited(
+    options: PgConnectOptions,
+    statement_timeout: Duration,
+    config: &DatabaseConfig,
+) -> anyhow::Result<PgConnectOptions> {
+    // 0 would switch the limits off in PostgreSQL.
+    if config.statement_timeout_ms == 0 || config.lock_timeout_ms == 0 {
+        bail!("database.statement_timeout_ms and database.lock_timeout_ms must be above 0");
+    }
+    Ok(options.options([
+        ("statement_timeout", statement_timeout.as_millis()),
+        ("lock_timeout", config.lock_timeout().as_millis()),
+    ]))
 }
 
 /// A KMS client from the standard AWS chain (credentials, region, `AWS_ENDPOINT_URL`),

@@ -160,9 +160,13 @@ pub async fn delete_user(db: impl PgExecutor<'_>, user_id: &str) -> sqlx::Result
     Ok(done.rows_affected())
 }
 
-/// The database answers.
-pub async fn ping(db: &PgPool) -> sqlx::Result<()> {
-    sqlx::query("select 1").execute(db).await.map(|_| ())
+/// The grants table answers a read (not only the server: a table locked by another
+/// session blocks this as it blocks every request).
+pub async fn probe(db: &PgPool) -> sqlx::Result<()> {
+    sqlx::query("select 1 from integration_tokens limit 1")
+        .execute(db)
+        .await
+        .map(|_| ())
 }
 
 /// Runs the embedded migrations.
@@ -194,9 +198,43 @@ pub async fn lock_pair(
 
 /// `true` if the error is PostgreSQL giving up on a lock (`lock_timeout`).
 pub fn is_lock_timeout(err: &sqlx::Error) -> bool {
+    has_code(err, &["55P03"])
+}
+
+/// `true` if PostgreSQL gave up on a lock or cancelled a statement that ran too long
+/// (`lock_timeout`, `statement_timeout`): the server and the connection are fine.
+pub fn is_timeout(err: &sqlx::Error) -> bool {
+    has_code(err, &["55P03", "57014"])
+}
+
+fn has_code(err: &sqlx::Error, codes: &[&str]) -> bool {
     err.as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code == "55P03")
+        .is_some_and(|code| codes.contains(&&*code))
+}
+
+/// `true` if the error says the database is away or did not answer in time, rather than
+/// that a statement was wrong: no connection (refused, dropped, the pool timed out), the
+/// server shutting down or refusing connections, or a statement or lock timeout.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            // Class 08: connection exception. 57014: statement timeout (query canceled).
+            // 55P03: lock timeout. 57P01-03: shutting down, crashed, starting up.
+            // 53300: too many connections.
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "57014" | "55P03" | "57P01" | "57P02" | "57P03" | "53300"
+                )
+        }),
+        _ => false,
+    }
 }
 
 /// The sealed result of a refresh.

@@ -26,6 +26,17 @@ pub enum VaultError {
     Corrupt(&'static str),
 }
 
+impl VaultError {
+    /// The database is away or did not answer in time (see [`store::is_unavailable`]).
+    pub fn is_database_unavailable(&self) -> bool {
+        match self {
+            Self::Database(err) => store::is_unavailable(err),
+            Self::Lookup(err) => err.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
 /// Cheap to clone: a pool, the read path's lookups and an envelope.
 #[derive(Clone, Debug)]
 pub struct Vault {

@@ -10,8 +10,8 @@ mod aead;
 mod kms;
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 use sha2::{Digest, Sha256};
@@ -110,7 +110,18 @@ pub struct Envelope {
     /// Keyed by a SHA-256 of the wrapped key and its context, holding the ready cipher.
     cache: Cache<[u8; 32], Arc<SealingKey>>,
     metrics: Metrics,
+    /// The last readiness answer and when KMS gave it.
+    readiness: Arc<Mutex<Option<Readiness>>>,
+    readiness_ttl: Duration,
 }
+
+/// When KMS last answered a readiness check, and what (the error as text).
+type Readiness = (Instant, Result<(), String>);
+
+/// Longest a readiness check waits for KMS: well below a load balancer's health-check
+/// timeout (the ALB's default is 5 s), so a hanging KMS reads as unavailable, not as a
+/// probe that timed out.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for Envelope {
     // Never derive: moka's `Debug` would print the cached keys.
@@ -135,7 +146,15 @@ impl Envelope {
                 .time_to_live(cache.ttl)
                 .build(),
             metrics,
+            readiness: Arc::default(),
+            readiness_ttl: Duration::from_secs(5),
         }
+    }
+
+    /// How long [`Envelope::check_ready`] reuses KMS's last answer (0: never).
+    pub fn with_readiness_ttl(mut self, ttl: Duration) -> Self {
+        self.readiness_ttl = ttl;
+        self
     }
 
     /// A fresh data key for a row (`GenerateDataKey`), already in the cache so that reads
@@ -211,8 +230,34 @@ impl Envelope {
     }
 
     /// KMS answers and the configured key is enabled.
+    ///
+    /// Probes come every few seconds from every load-balancer node, so KMS is asked
+    /// (`DescribeKey`) at most once per readiness TTL and the answer reused meanwhile; a
+    /// call that takes longer than [`READINESS_TIMEOUT`] counts as unavailable.
     pub async fn check_ready(&self) -> Result<(), CryptoError> {
-        self.kms.check_key().await
+        let cached = self
+            .readiness
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|(at, _)| at.elapsed() < self.readiness_ttl);
+        let answer = match cached {
+            Some((_, answer)) => answer,
+            None => {
+                let answer =
+                    match tokio::time::timeout(READINESS_TIMEOUT, self.kms.check_key()).await {
+                        Ok(result) => result.map_err(|e| format!("{:#}", anyhow::Error::from(e))),
+                        Err(_) => Err("KMS did not answer in time".to_owned()),
+                    };
+                *self
+                    .readiness
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), answer.clone()));
+                answer
+            }
+        };
+        answer.map_err(|e| CryptoError::KmsUnavailable(anyhow::anyhow!(e)))
     }
 
     /// Unwrapped keys currently cached (after pending evictions ran).

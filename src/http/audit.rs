@@ -7,8 +7,9 @@
 use std::future::Future;
 
 use super::error::ApiError;
-use super::extract::Caller;
-use crate::domain::{ProviderName, UserId};
+use super::extract::{Caller, TokenPath, UserPath};
+use crate::auth::Permission;
+use crate::domain::{InvalidInput, ProviderName, UserId};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event {
@@ -33,25 +34,66 @@ impl Event {
     }
 }
 
+/// What a request is about, as its audit event names it.
+pub trait Subject {
+    fn user(&self) -> &UserId;
+    fn provider(&self) -> Option<&ProviderName>;
+}
+
+impl Subject for TokenPath {
+    fn user(&self) -> &UserId {
+        &self.user
+    }
+    fn provider(&self) -> Option<&ProviderName> {
+        Some(&self.provider)
+    }
+}
+
+impl Subject for UserPath {
+    fn user(&self) -> &UserId {
+        &self.0
+    }
+    fn provider(&self) -> Option<&ProviderName> {
+        None
+    }
+}
+
 /// Runs an operation and records its audit event: `outcome` is `ok` or the error's code.
-pub async fn audited<T>(
+///
+/// The order of refusals is fixed here for every route: the caller's permission first,
+/// then the path (`path` is the extractor's result, not yet looked at), then `work`, which
+/// parses the body. A caller without the permission is refused before any of its input is
+/// validated, so it learns nothing about which inputs are valid. An event whose path did
+/// not parse names neither user nor provider (`-`): the raw values are the caller's.
+pub async fn audited<'a, P: Subject, T, F>(
     event: Event,
     caller: &Caller,
-    user: &UserId,
-    provider: Option<&ProviderName>,
-    work: impl Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
-    let result = work.await;
+    needs: Permission,
+    path: &'a Result<P, InvalidInput>,
+    work: impl FnOnce(&'a P) -> F,
+) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<T, ApiError>>,
+{
+    let result = match (caller.require(needs), path) {
+        (Err(forbidden), _) => Err(forbidden),
+        (Ok(()), Err(invalid)) => Err(invalid.clone().into()),
+        (Ok(()), Ok(path)) => work(path).await,
+    };
     let outcome = match &result {
         Ok(_) => "ok",
         Err(err) => err.code(),
     };
+    let subject = path.as_ref().ok();
     tracing::info!(
         target: "token_store::audit",
         event = event.name(),
         client = %caller.0.name,
-        user_id = %user,
-        provider = provider.map_or("*", ProviderName::as_str),
+        user_id = subject.map_or("-", |s| s.user().as_str()),
+        provider = match subject {
+            Some(s) => s.provider().map_or("*", ProviderName::as_str),
+            None => "-",
+        },
         outcome,
         "audit"
     );

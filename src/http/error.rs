@@ -1,7 +1,7 @@
 //! The one HTTP error type: a stable `code` per variant, problem+json bodies, and 5xx bodies
 //! that carry no internal detail (the cause is logged once, inside the request span).
 
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -35,6 +35,10 @@ pub enum ApiError {
     ProviderUnavailable { retry_after_seconds: u64 },
     #[error("KMS is unavailable")]
     KmsUnavailable(#[source] anyhow::Error),
+    #[error("the database is unavailable")]
+    DatabaseUnavailable(#[source] anyhow::Error),
+    #[error("the request took longer than its deadline")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -55,9 +59,10 @@ impl ApiError {
             Self::TokenNotFound => StatusCode::NOT_FOUND,
             Self::ReauthorizationRequired => StatusCode::CONFLICT,
             Self::ProviderNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::ProviderUnavailable { .. } | Self::KmsUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::ProviderUnavailable { .. }
+            | Self::KmsUnavailable(_)
+            | Self::DatabaseUnavailable(_)
+            | Self::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -74,6 +79,8 @@ impl ApiError {
             Self::ProviderNotConfigured => "provider_not_configured",
             Self::ProviderUnavailable { .. } => "provider_unavailable",
             Self::KmsUnavailable(_) => "kms_unavailable",
+            Self::DatabaseUnavailable(_) => "database_unavailable",
+            Self::RequestTimeout => "request_timeout",
             Self::Internal(_) => "internal",
         }
     }
@@ -99,6 +106,14 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = format!("{err:#}"), "KMS unavailable");
                 body["detail"] = "KMS is unavailable; retry later".into();
             }
+            Self::DatabaseUnavailable(err) => {
+                tracing::warn!(error = format!("{err:#}"), "database unavailable");
+                body["detail"] = "the database is unavailable; retry later".into();
+            }
+            Self::RequestTimeout => {
+                tracing::warn!("request deadline exceeded");
+                body["detail"] = "the request took too long; retry later".into();
+            }
             Self::ScopeExpansionRequired(missing) => {
                 body["detail"] = self.to_string().into();
                 body["missingScopes"] = json!(missing);
@@ -115,7 +130,9 @@ impl IntoResponse for ApiError {
             Self::ProviderUnavailable {
                 retry_after_seconds,
             } => Some(retry_after_seconds),
-            Self::KmsUnavailable(_) => Some(RETRY_AFTER_SECONDS),
+            Self::KmsUnavailable(_) | Self::DatabaseUnavailable(_) | Self::RequestTimeout => {
+                Some(RETRY_AFTER_SECONDS)
+            }
             _ => None,
         };
         if let Some(seconds) = retry_after {
@@ -161,6 +178,20 @@ fn describe_data_error(text: &str) -> String {
         let field = detail[start..].split('`').nth(1).unwrap_or("");
         return format!("invalid body: missing field `{field}`");
     }
+    if let Some(start) = detail.find("unknown field `") {
+        // The name is the caller's: echoed only if it looks like a field name.
+        let field = detail[start..].split('`').nth(1).unwrap_or("");
+        let plain = field.len() <= 64
+            && !field.is_empty()
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        return if plain {
+            format!("invalid body: unknown field `{field}`")
+        } else {
+            "invalid body: an unknown field".to_owned()
+        };
+    }
     match detail.split_once(": ") {
         Some((path, _)) if !path.contains(' ') => {
             format!("invalid body: `{path}` has the wrong type or value")
@@ -169,9 +200,10 @@ fn describe_data_error(text: &str) -> String {
     }
 }
 
-impl From<PathRejection> for ApiError {
-    fn from(_: PathRejection) -> Self {
-        Self::invalid(StatusCode::BAD_REQUEST, "invalid path")
+/// The rejection of the path extractors: the caller's mistake, as any other.
+impl IntoResponse for InvalidInput {
+    fn into_response(self) -> Response {
+        ApiError::from(self).into_response()
     }
 }
 
@@ -188,6 +220,9 @@ impl From<RefreshError> for ApiError {
                     + u64::from(retry_after.subsec_nanos() > 0),
             },
             RefreshError::KmsUnavailable(e) => Self::KmsUnavailable(anyhow::anyhow!("{e:#}")),
+            RefreshError::DatabaseUnavailable(e) => {
+                Self::DatabaseUnavailable(anyhow::anyhow!("{e:#}"))
+            }
             RefreshError::Unexpected(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
         }
     }
@@ -198,6 +233,7 @@ impl From<VaultError> for ApiError {
         match err {
             VaultError::NotFound => Self::TokenNotFound,
             VaultError::Crypto(CryptoError::KmsUnavailable(e)) => Self::KmsUnavailable(e),
+            other if other.is_database_unavailable() => Self::DatabaseUnavailable(other.into()),
             other => Self::Internal(other.into()),
         }
     }

@@ -5,35 +5,38 @@ use std::sync::Arc;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Client, Permission};
-use crate::domain::{ProviderName, UserId};
+use crate::domain::{InvalidInput, ProviderName, UserId};
 
 /// `axum::Json` with our rejection.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
 
-/// `{userId}/tokens/{provider}` from the path, parsed.
+/// `{userId}/tokens/{provider}` from the path, parsed. Handlers take it as
+/// `Result<TokenPath, InvalidInput>` and look at the error only once the caller is
+/// authorised (see `audit::audited`): a key without the permission learns nothing about
+/// which inputs are valid.
 pub struct TokenPath {
     pub user: UserId,
     pub provider: ProviderName,
 }
 
 impl FromRequestParts<AppState> for TokenPath {
-    type Rejection = ApiError;
+    type Rejection = InvalidInput;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, InvalidInput> {
         #[derive(Deserialize)]
         struct Raw {
             user_id: String,
             provider: String,
         }
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<Raw>::from_request_parts(parts, state).await?;
+        let raw = raw_path::<Raw>(parts, state).await?;
         Ok(Self {
             user: UserId::parse(&raw.user_id)?,
             provider: ProviderName::parse(&raw.provider)?,
@@ -41,21 +44,35 @@ impl FromRequestParts<AppState> for TokenPath {
     }
 }
 
-/// `{userId}` from the path, parsed.
+/// `{userId}` from the path, parsed (taken as `Result` as [`TokenPath`] is).
 pub struct UserPath(pub UserId);
 
 impl FromRequestParts<AppState> for UserPath {
-    type Rejection = ApiError;
+    type Rejection = InvalidInput;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, InvalidInput> {
         #[derive(Deserialize)]
         struct Raw {
             user_id: String,
         }
-        let axum::extract::Path(raw) =
-            axum::extract::Path::<Raw>::from_request_parts(parts, state).await?;
+        let raw = raw_path::<Raw>(parts, state).await?;
         Ok(Self(UserId::parse(&raw.user_id)?))
     }
+}
+
+/// The path's parameters, percent-decoded; the only failure a matched route leaves is a
+/// segment that does not decode to UTF-8.
+async fn raw_path<T: serde::de::DeserializeOwned + Send>(
+    parts: &mut Parts,
+    state: &AppState,
+) -> Result<T, InvalidInput> {
+    let axum::extract::Path(raw) = axum::extract::Path::<T>::from_request_parts(parts, state)
+        .await
+        .map_err(|_| InvalidInput {
+            field: "path",
+            rule: "must be percent-encoded UTF-8",
+        })?;
+    Ok(raw)
 }
 
 /// The authenticated caller (`Authorization: Bearer <key>`).
@@ -75,11 +92,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
+        let mut headers = parts.headers.get_all(AUTHORIZATION).iter();
+        let (Some(header), None) = (headers.next(), headers.next()) else {
+            if parts.headers.contains_key(AUTHORIZATION) {
+                // Which one would count? Neither: a proxy and a caller disagree.
+                return Err(ApiError::invalid(
+                    StatusCode::BAD_REQUEST,
+                    "more than one Authorization header",
+                ));
+            }
+            return Err(ApiError::Unauthorized);
+        };
+        let header = header.to_str().map_err(|_| ApiError::Unauthorized)?;
         let (scheme, key) = header.split_once(' ').ok_or(ApiError::Unauthorized)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::Unauthorized);

@@ -8,6 +8,7 @@ use axum::Router;
 use serde_json::json;
 
 use super::AppState;
+use crate::crypto::READINESS_TIMEOUT;
 use crate::store;
 
 pub fn router() -> Router<AppState> {
@@ -21,19 +22,30 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers and the KMS key is usable.
+/// Ready when the grants table answers a read and the KMS key is usable, each within
+/// [`READINESS_TIMEOUT`], so that the whole probe ends well inside a load balancer's
+/// health-check timeout. A table locked by someone else reads as a database that is not
+/// ready: requests would wait on it too.
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (db, kms) = tokio::join!(
-        store::ping(state.vault.db()),
+        tokio::time::timeout(READINESS_TIMEOUT, store::probe(state.vault.db())),
         state.vault.envelope().check_ready()
     );
-    if let Err(err) = &db {
-        tracing::warn!(error = %err, "readiness: database unavailable");
-    }
+    let db_ok = match db {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "readiness: database unavailable");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("readiness: the database did not answer in time");
+            false
+        }
+    };
     if let Err(err) = &kms {
         tracing::warn!(error = format!("{err:#}"), "readiness: KMS unavailable");
     }
-    let status = if db.is_ok() && kms.is_ok() {
+    let status = if db_ok && kms.is_ok() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -41,7 +53,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let word = |ok: bool| if ok { "ok" } else { "unavailable" };
     (
         status,
-        axum::Json(json!({ "database": word(db.is_ok()), "kms": word(kms.is_ok()) })),
+        axum::Json(json!({ "database": word(db_ok), "kms": word(kms.is_ok()) })),
     )
 }
 

@@ -6,13 +6,14 @@ mod audit;
 mod error;
 mod extract;
 mod health;
+mod server;
 mod tokens;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
@@ -23,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use tracing::Span;
 
 pub use error::ApiError;
+pub use server::{bind, serve};
 
 use crate::auth::Authenticator;
 use crate::metrics::Metrics;
@@ -61,11 +63,18 @@ impl std::ops::Deref for AppState {
     }
 }
 
-pub fn app(state: AppState, body_limit_bytes: usize) -> Router {
+/// `request_timeout` bounds each request, reading its body included (503 `request_timeout`).
+pub fn app(state: AppState, body_limit_bytes: usize, request_timeout: Duration) -> Router {
     Router::new()
         .merge(tokens::router())
         .merge(health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            server::bound_request,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track_metrics))
         .layer(
             TraceLayer::new_for_http()
@@ -120,22 +129,50 @@ impl MakeRequestId for RandomRequestId {
     }
 }
 
+/// A path no route has: problem+json like every other error.
+async fn not_found() -> ApiError {
+    ApiError::invalid(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// A route that exists without this method (axum adds the `Allow` header).
+async fn method_not_allowed() -> ApiError {
+    ApiError::invalid(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take this method",
+    )
+}
+
+/// The method as a metric label: callers choose methods (any token is valid HTTP), and
+/// every label value is a series kept forever, so the ones no route takes are `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    }
+}
+
 async fn track_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
     // `MatchedPath` is a shared string: cloning it allocates nothing.
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().clone();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     state
         .metrics
         .http_latency
-        .with_label_values(&[route, method.as_str()])
+        .with_label_values(&[route, method])
         .observe(started.elapsed().as_secs_f64());
     state
         .metrics
         .http_requests
-        .with_label_values(&[route, method.as_str(), response.status().as_str()])
+        .with_label_values(&[route, method, response.status().as_str()])
         .inc();
     response
 }

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::extract::{Caller, Json, OptionalJson, TokenPath, UserPath};
 use super::AppState;
 use crate::auth::Permission;
-use crate::domain::{AccessToken, RefreshToken, Scope, StoredToken, TokenSet};
+use crate::domain::{AccessToken, InvalidInput, RefreshToken, Scope, StoredToken, TokenSet};
 use crate::refresh::AccessGrant;
 use crate::revoke;
 use crate::vault::to_millis;
@@ -36,7 +36,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StoreTokenBody {
     access_token: String,
     refresh_token: Option<String>,
@@ -125,34 +125,33 @@ const MAX_MIN_VALIDITY_SECONDS: u32 = 24 * 3600;
 async fn access_token(
     State(state): State<AppState>,
     caller: Caller,
-    path: TokenPath,
-    OptionalJson(body): OptionalJson<AccessTokenBody>,
+    path: Result<TokenPath, InvalidInput>,
+    body: Result<OptionalJson<AccessTokenBody>, ApiError>,
 ) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
-    let work = async {
-        caller.require(Permission::Read)?;
-        let body = body.unwrap_or_default();
-        let scopes = Scope::parse_list(body.scopes.as_deref().unwrap_or_default())?;
-        let min_validity = match body.min_validity_seconds {
-            Some(s) if s > MAX_MIN_VALIDITY_SECONDS => {
-                return Err(ApiError::invalid(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "minValiditySeconds must be at most 86400",
-                ))
-            }
-            s => s.map(|s| Duration::from_secs(s.into())),
-        };
-        let grant = state
-            .refresher
-            .access_token(&path.user, &path.provider, &scopes, min_validity)
-            .await?;
-        Ok(axum::Json(grant.into()))
-    };
     audited(
         Event::AccessToken,
         &caller,
-        &path.user,
-        Some(&path.provider),
-        work,
+        Permission::Read,
+        &path,
+        |path| async move {
+            let OptionalJson(body) = body?;
+            let body = body.unwrap_or_default();
+            let scopes = Scope::parse_list(body.scopes.as_deref().unwrap_or_default())?;
+            let min_validity = match body.min_validity_seconds {
+                Some(s) if s > MAX_MIN_VALIDITY_SECONDS => {
+                    return Err(ApiError::invalid(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "minValiditySeconds must be at most 86400",
+                    ))
+                }
+                s => s.map(|s| Duration::from_secs(s.into())),
+            };
+            let grant = state
+                .refresher
+                .access_token(&path.user, &path.provider, &scopes, min_validity)
+                .await?;
+            Ok(axum::Json(grant.into()))
+        },
     )
     .await
 }
@@ -160,22 +159,20 @@ async fn access_token(
 async fn force_refresh(
     State(state): State<AppState>,
     caller: Caller,
-    path: TokenPath,
+    path: Result<TokenPath, InvalidInput>,
 ) -> Result<axum::Json<AccessTokenResponse>, ApiError> {
-    let work = async {
-        caller.require(Permission::Refresh)?;
-        let grant = state
-            .refresher
-            .force_refresh(&path.user, &path.provider)
-            .await?;
-        Ok(axum::Json(grant.into()))
-    };
     audited(
         Event::Refresh,
         &caller,
-        &path.user,
-        Some(&path.provider),
-        work,
+        Permission::Refresh,
+        &path,
+        |path| async move {
+            let grant = state
+                .refresher
+                .force_refresh(&path.user, &path.provider)
+                .await?;
+            Ok(axum::Json(grant.into()))
+        },
     )
     .await
 }
@@ -183,24 +180,23 @@ async fn force_refresh(
 async fn store_token(
     State(state): State<AppState>,
     caller: Caller,
-    path: TokenPath,
-    Json(body): Json<StoreTokenBody>,
+    path: Result<TokenPath, InvalidInput>,
+    body: Result<Json<StoreTokenBody>, ApiError>,
 ) -> Result<StatusCode, ApiError> {
-    let work = async {
-        caller.require(Permission::Write)?;
-        let token = body.parse()?;
-        state
-            .vault
-            .store(&path.user, &path.provider, &token)
-            .await?;
-        Ok(StatusCode::NO_CONTENT)
-    };
     audited(
         Event::Store,
         &caller,
-        &path.user,
-        Some(&path.provider),
-        work,
+        Permission::Write,
+        &path,
+        |path| async move {
+            let Json(body) = body?;
+            let token = body.parse()?;
+            state
+                .vault
+                .store(&path.user, &path.provider, &token)
+                .await?;
+            Ok(StatusCode::NO_CONTENT)
+        },
     )
     .await
 }
@@ -208,43 +204,46 @@ async fn store_token(
 async fn get_token(
     State(state): State<AppState>,
     caller: Caller,
-    path: TokenPath,
+    path: Result<TokenPath, InvalidInput>,
 ) -> Result<axum::Json<StoredTokenBody>, ApiError> {
-    let work = async {
-        caller.require(Permission::Read)?;
-        let with_refresh = caller.0.has(Permission::ReadRefreshToken);
-        let stored = state
-            .vault
-            .get(&path.user, &path.provider, with_refresh)
-            .await?;
-        Ok(axum::Json(stored.into()))
-    };
-    audited(Event::Read, &caller, &path.user, Some(&path.provider), work).await
+    let with_refresh = caller.0.has(Permission::ReadRefreshToken);
+    audited(
+        Event::Read,
+        &caller,
+        Permission::Read,
+        &path,
+        |path| async move {
+            let stored = state
+                .vault
+                .get(&path.user, &path.provider, with_refresh)
+                .await?;
+            Ok(axum::Json(stored.into()))
+        },
+    )
+    .await
 }
 
 async fn delete_token(
     State(state): State<AppState>,
     caller: Caller,
-    path: TokenPath,
+    path: Result<TokenPath, InvalidInput>,
 ) -> Result<StatusCode, ApiError> {
-    let work = async {
-        caller.require(Permission::Revoke)?;
-        revoke::revoke_and_delete(
-            &state.vault,
-            &state.providers,
-            &state.metrics,
-            &path.user,
-            &path.provider,
-        )
-        .await?;
-        Ok(StatusCode::NO_CONTENT)
-    };
     audited(
         Event::Revoke,
         &caller,
-        &path.user,
-        Some(&path.provider),
-        work,
+        Permission::Revoke,
+        &path,
+        |path| async move {
+            revoke::revoke_and_delete(
+                &state.vault,
+                &state.providers,
+                &state.metrics,
+                &path.user,
+                &path.provider,
+            )
+            .await?;
+            Ok(StatusCode::NO_CONTENT)
+        },
     )
     .await
 }
@@ -252,13 +251,19 @@ async fn delete_token(
 async fn delete_user_tokens(
     State(state): State<AppState>,
     caller: Caller,
-    UserPath(user): UserPath,
+    path: Result<UserPath, InvalidInput>,
 ) -> Result<StatusCode, ApiError> {
-    let work = async {
-        caller.require(Permission::Revoke)?;
-        revoke::revoke_and_delete_user(&state.vault, &state.providers, &state.metrics, &user)
-            .await?;
-        Ok(StatusCode::NO_CONTENT)
-    };
-    audited(Event::EraseUser, &caller, &user, None, work).await
+    audited(
+        Event::EraseUser,
+        &caller,
+        Permission::Revoke,
+        &path,
+        |path| async move {
+            let UserPath(user) = path;
+            revoke::revoke_and_delete_user(&state.vault, &state.providers, &state.metrics, user)
+                .await?;
+            Ok(StatusCode::NO_CONTENT)
+        },
+    )
+    .await
 }

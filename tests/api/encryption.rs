@@ -164,6 +164,33 @@ async fn a_whole_envelope_copied_to_another_row_is_refused_by_kms() {
 }
 
 #[tokio::test]
+async fn a_whole_envelope_copied_to_another_row_is_refused_on_a_warm_instance_too() {
+    let app = TestApp::spawn().await;
+    let a = token_body("warm-a");
+    app.put_token("alice", "google", &a).await;
+    app.put_token("bob", "google", &token_body("warm-b")).await;
+    // Both keys are cached here (stored by this instance, then read).
+    for user in ["alice", "bob"] {
+        assert_eq!(app.get_token(user, "google", FULL_KEY).await.status(), 200);
+    }
+    for column in ["wrapped_data_key", "access_token_ct", "refresh_token_ct"] {
+        copy_column(&app, column, ("alice", "google"), ("bob", "google")).await;
+    }
+    // alice's key is in the cache, but under alice's row: bob's row must ask KMS, which
+    // refuses it under bob's encryption context.
+    assert_read_fails_without_leaking(&app, "bob", "google", &[a["accessToken"].as_str().unwrap()])
+        .await;
+    assert_eq!(
+        app.metric(
+            "token_store_kms_requests_total",
+            &[("operation", "Decrypt"), ("outcome", "refused")]
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
 async fn a_wrapped_key_decrypts_only_under_its_own_rows_context() {
     let app = TestApp::spawn().await;
     app.put_token("alice", "google", &token_body("ctx")).await;

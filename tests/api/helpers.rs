@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 pub const FULL_KEY: &str = "test-key-full-access";
 pub const RW_KEY: &str = "test-key-read-write";
 pub const READ_KEY: &str = "test-key-read-only";
+pub const WRITE_KEY: &str = "test-key-write-only";
 
 /// Where LocalStack answers (the test command exports it).
 pub fn kms_endpoint() -> String {
@@ -131,6 +132,7 @@ pub fn clients() -> Vec<ClientConfig> {
         ),
         client("read-write", RW_KEY, "read,write,refresh,revoke"),
         client("reader", READ_KEY, "read"),
+        client("writer", WRITE_KEY, "write"),
     ]
 }
 
@@ -147,11 +149,15 @@ pub fn config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Config {
             migrate_on_start: false,
             lock_pool_connections: 4,
             read_connections: 1,
+            statement_timeout_ms: 5_000,
+            lock_timeout_ms: 2_000,
         },
         kms: KmsConfig {
             key_id: Some(key_id.to_owned()),
             endpoint_url: Some(kms_endpoint.to_owned()),
             timeout_ms: 2_000,
+            // Tests that change KMS read readiness right after; one test pins the cache.
+            readiness_cache_ms: 0,
             ..KmsConfig::default()
         },
         refresh: RefreshConfig {

@@ -1,13 +1,16 @@
 //! A local OAuth server on loopback that behaves like Google's token and revoke endpoints:
 //! it checks the client's credentials, parses the form, answers per mode and counts calls.
+//! [`Mode::Raw`] answers whatever a test wants (a misbehaving provider).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
@@ -17,7 +20,7 @@ use token_store::providers::ProviderSettings;
 pub const CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
 pub const CLIENT_SECRET: &str = "GOCSPX-test-client-secret";
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Mode {
     /// A new access token, the refresh token kept (Google's usual answer).
     Success,
@@ -31,6 +34,40 @@ pub enum Mode {
     TooManyRequests { retry_after_seconds: u64 },
     /// Waits, then answers as the inner mode.
     Slow(Duration, &'static Mode),
+    /// Exactly this answer.
+    Raw(Arc<RawAnswer>),
+}
+
+/// An answer of a test's choosing: status, headers and body as given.
+#[derive(Debug)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// Lowercase names.
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+    /// Sent in 16 KiB chunks without `Content-Length` (`Transfer-Encoding: chunked`).
+    pub chunked: bool,
+}
+
+impl Mode {
+    /// `body` as JSON with `status`, sent with its `Content-Length`.
+    pub fn json(status: u16, body: &serde_json::Value) -> Self {
+        Self::raw_json(status, body, false)
+    }
+
+    /// `body` as JSON with `status`, sent in chunks without `Content-Length`.
+    pub fn chunked_json(status: u16, body: &serde_json::Value) -> Self {
+        Self::raw_json(status, body, true)
+    }
+
+    fn raw_json(status: u16, body: &serde_json::Value, chunked: bool) -> Self {
+        Self::Raw(Arc::new(RawAnswer {
+            status,
+            headers: vec![("content-type", "application/json".to_owned())],
+            body: body.to_string().into_bytes(),
+            chunked,
+        }))
+    }
 }
 
 #[derive(Default)]
@@ -167,8 +204,8 @@ async fn token(
         .unwrap()
         .iter()
         .find(|(part, _)| refresh_token.contains(part.as_str()))
-        .map(|(_, mode)| *mode)
-        .or(*shared.default_mode.lock().unwrap())
+        .map(|(_, mode)| mode.clone())
+        .or_else(|| shared.default_mode.lock().unwrap().clone())
         .unwrap_or(Mode::Success);
     answer(&shared, mode).await
 }
@@ -176,7 +213,7 @@ async fn token(
 async fn answer(shared: &Shared, mut mode: Mode) -> Response {
     if let Mode::Slow(delay, then) = mode {
         tokio::time::sleep(delay).await;
-        mode = *then;
+        mode = then.clone();
     }
     match mode {
         Mode::Success | Mode::Rotate => {
@@ -205,8 +242,31 @@ async fn answer(shared: &Shared, mut mode: Mode) -> Response {
             )
                 .into_response()
         }
+        Mode::Raw(raw) => raw_answer(&raw),
         Mode::Slow(..) => unreachable!("nested Slow"),
     }
+}
+
+fn raw_answer(raw: &RawAnswer) -> Response {
+    let body = if raw.chunked {
+        let chunks: Vec<Result<Bytes, Infallible>> = raw
+            .body
+            .chunks(16 * 1024)
+            .map(|chunk| Ok(Bytes::copy_from_slice(chunk)))
+            .collect();
+        Body::from_stream(futures::stream::iter(chunks))
+    } else {
+        Body::from(raw.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = StatusCode::from_u16(raw.status).unwrap();
+    for (name, value) in &raw.headers {
+        response.headers_mut().append(
+            HeaderName::from_static(name),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    response
 }
 
 async fn revoke(

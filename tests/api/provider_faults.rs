@@ -1,0 +1,285 @@
+//! Providers that misbehave: absurd lifetimes, oversized answers, error texts that echo
+//! secrets, and the answers that kill a grant.
+
+use serde_json::{json, Value};
+use token_store::providers::MAX_RESPONSE_BYTES;
+
+use crate::helpers::{assert_problem, captured_logs, token_body, TestApp, FULL_KEY};
+use crate::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
+
+/// A stored token that expired a minute ago.
+fn expired_body(tag: &str) -> Value {
+    let mut body = token_body(tag);
+    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() - 60_000);
+    body
+}
+
+/// A stored token that is still valid but inside the refresh buffer (5 minutes).
+fn expiring_body(tag: &str) -> Value {
+    let mut body = token_body(tag);
+    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() + 60_000);
+    body
+}
+
+async fn access_token(app: &TestApp, user: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/access-token", app.token_url(user, "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn force_refresh(app: &TestApp, user: &str) -> reqwest::Response {
+    app.http
+        .post(format!("{}/refresh", app.token_url(user, "google")))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn last_refresh_error(app: &TestApp, user: &str) -> Option<String> {
+    sqlx::query_scalar(
+        "select last_refresh_error from integration_tokens \
+         where user_id = $1 and provider = 'google'",
+    )
+    .bind(user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+/// A valid token response carrying an extra field of `padding` bytes.
+fn padded_token_response(access_token: &str, padding: usize) -> Value {
+    json!({
+        "access_token": access_token,
+        "expires_in": 3599,
+        "token_type": "Bearer",
+        "padding": "x".repeat(padding),
+    })
+}
+
+/// The provider answers 200 with `expires_in` set to `expires_in`.
+async fn an_absurd_expires_in_is_taken_as_an_hour(expires_in: Value) {
+    let provider = FakeProvider::start().await;
+    let new_access = format!("ya29.absurd-{}", uuid::Uuid::new_v4().simple());
+    provider.set_mode(Mode::json(
+        200,
+        &json!({ "access_token": new_access, "expires_in": expires_in, "token_type": "Bearer" }),
+    ));
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &token_body("absurd"))
+        .await;
+
+    let refreshed = force_refresh(&app, "alice").await;
+    assert_eq!(refreshed.status(), 200, "expires_in {expires_in}");
+    let refreshed: Value = refreshed.json().await.unwrap();
+    assert_eq!(refreshed["accessToken"], new_access);
+    let in_an_hour = chrono::Utc::now().timestamp_millis() + 3_600_000;
+    let expires_at = refreshed["expiresAt"].as_i64().unwrap();
+    assert!(
+        (in_an_hour - 60_000..=in_an_hour).contains(&expires_at),
+        "expiresAt {expires_at} is not about an hour ahead"
+    );
+
+    // Served from the store: no second provider call.
+    let again = access_token(&app, "alice").await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["accessToken"], new_access);
+    assert_eq!(again["expiresAt"], expires_at);
+    assert_eq!(provider.token_calls(), 1);
+}
+
+#[tokio::test]
+async fn expires_in_of_9000000000000_is_taken_as_an_hour_and_the_pair_stays_usable() {
+    an_absurd_expires_in_is_taken_as_an_hour(json!(9_000_000_000_000_u64)).await;
+}
+
+#[tokio::test]
+async fn expires_in_of_u64_max_is_taken_as_an_hour_and_the_pair_stays_usable() {
+    an_absurd_expires_in_is_taken_as_an_hour(json!(u64::MAX)).await;
+}
+
+/// `oversized` is a 200 answer far over the limit: for a still valid token the refresh is a
+/// transient failure that serves the stored token, for an expired one it is 503. An answer
+/// just under the limit is still accepted.
+async fn an_oversized_answer_is_a_transient_failure(oversized: Mode) {
+    let provider = FakeProvider::start().await;
+    provider.set_mode_for("oversized", oversized);
+    let near_limit = format!("ya29.near-limit-{}", uuid::Uuid::new_v4().simple());
+    provider.set_mode_for(
+        "near-limit",
+        Mode::json(
+            200,
+            &padded_token_response(&near_limit, MAX_RESPONSE_BYTES - 1024),
+        ),
+    );
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let valid = expiring_body("oversized-valid");
+    app.put_token("valid", "google", &valid).await;
+    app.put_token("expired", "google", &expired_body("oversized-expired"))
+        .await;
+    app.put_token("near", "google", &expired_body("near-limit"))
+        .await;
+
+    let served = access_token(&app, "valid").await;
+    assert_eq!(served.status(), 200);
+    let served: Value = served.json().await.unwrap();
+    assert_eq!(served["accessToken"], valid["accessToken"]);
+    assert_eq!(
+        last_refresh_error(&app, "valid").await.as_deref(),
+        Some("response_too_large")
+    );
+
+    let unavailable = access_token(&app, "expired").await;
+    let retry_after: u64 = unavailable.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    assert_problem(unavailable, 503, "provider_unavailable").await;
+    assert_eq!(
+        last_refresh_error(&app, "expired").await.as_deref(),
+        Some("response_too_large")
+    );
+
+    let near = access_token(&app, "near").await;
+    assert_eq!(near.status(), 200);
+    assert_eq!(
+        near.json::<Value>().await.unwrap()["accessToken"],
+        near_limit
+    );
+    assert_eq!(provider.token_calls(), 3);
+}
+
+#[tokio::test]
+async fn an_oversized_token_response_is_a_transient_failure() {
+    let body = padded_token_response("ya29.oversized", 2 << 20);
+    an_oversized_answer_is_a_transient_failure(Mode::json(200, &body)).await;
+}
+
+#[tokio::test]
+async fn an_oversized_chunked_token_response_is_a_transient_failure() {
+    let body = padded_token_response("ya29.oversized", 2 << 20);
+    let mode = Mode::chunked_json(200, &body);
+    an_oversized_answer_is_a_transient_failure(mode.clone()).await;
+
+    // The fake really sent it without a Content-Length.
+    let provider = FakeProvider::start().await;
+    provider.set_mode(mode);
+    let direct = reqwest::Client::new()
+        .post(format!("{}/token", provider.url))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", "probe"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 200);
+    assert_eq!(direct.content_length(), None);
+}
+
+#[tokio::test]
+async fn provider_error_texts_that_echo_tokens_never_reach_the_logs() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_with_provider(&provider).await;
+    let echoed = expired_body("echo-both");
+    let access = echoed["accessToken"].as_str().unwrap().to_owned();
+    let refresh = echoed["refreshToken"].as_str().unwrap().to_owned();
+    provider.set_mode_for(
+        "echo-both",
+        Mode::json(
+            400,
+            &json!({
+                "error": "invalid_request",
+                "error_description": refresh,
+                "error_subtype": access,
+            }),
+        ),
+    );
+    // A short token-like word: only its `/` and `=` give it away.
+    let word = format!("k/{}=", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let description = format!("the key {word} is not valid");
+    provider.set_mode_for(
+        "echo-word",
+        Mode::json(
+            400,
+            &json!({ "error": "invalid_request", "error_description": description }),
+        ),
+    );
+    // The token as the error code itself: sanitized, so never as sent.
+    let as_code = expired_body("echo-code");
+    let code_token = as_code["accessToken"].as_str().unwrap().to_owned();
+    provider.set_mode_for(
+        "echo-code",
+        Mode::json(401, &json!({ "error": code_token })),
+    );
+
+    app.put_token("both", "google", &echoed).await;
+    app.put_token("word", "google", &expired_body("echo-word"))
+        .await;
+    app.put_token("code", "google", &as_code).await;
+    for user in ["both", "word", "code"] {
+        access_token(&app, user).await;
+    }
+    assert_eq!(provider.token_calls(), 3);
+
+    let logs = captured_logs();
+    assert!(
+        logs.contains("OAuth error response"),
+        "the errors were logged"
+    );
+    assert!(logs.contains("[omitted]"), "the texts were omitted");
+    for secret in [&access, &refresh, &word, &code_token] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a provider's text appeared in the logs: {secret}"
+        );
+    }
+}
+
+/// Pins today's behaviour for an answer with OAuth `error` = `code` (to change later): a
+/// forced refresh is 409 `reauthorization_required` and the grant is marked so.
+async fn pins_current_behaviour_for(code: &str) {
+    let provider = FakeProvider::start().await;
+    for status in [400, 401] {
+        provider.set_mode_for(
+            &format!("{code}-{status}"),
+            Mode::json(status, &json!({ "error": code, "error_description": "no" })),
+        );
+    }
+    let app = TestApp::spawn_with_provider(&provider).await;
+    for status in [400, 401] {
+        let user = format!("user-{status}");
+        app.put_token(&user, "google", &token_body(&format!("{code}-{status}")))
+            .await;
+
+        let forced = force_refresh(&app, &user).await;
+        assert_problem(forced, 409, "reauthorization_required").await;
+        let stored: Value = app
+            .get_token(&user, "google", FULL_KEY)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stored["status"], "reauthorization_required", "{status}");
+        assert_eq!(last_refresh_error(&app, &user).await.as_deref(), Some(code));
+    }
+    assert_eq!(provider.token_calls(), 2);
+}
+
+#[tokio::test]
+async fn pins_current_behaviour_invalid_client_marks_the_grant_reauthorization_required() {
+    pins_current_behaviour_for("invalid_client").await;
+}
+
+#[tokio::test]
+async fn pins_current_behaviour_unauthorized_client_marks_the_grant_reauthorization_required() {
+    pins_current_behaviour_for("unauthorized_client").await;
+}

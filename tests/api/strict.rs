@@ -1,0 +1,224 @@
+//! Strict input everywhere, permissions before validation, and metric labels that no
+//! caller can multiply.
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY};
+use crate::provider::{FakeProvider, Mode};
+
+#[tokio::test]
+async fn a_put_with_an_unknown_field_is_422_and_stores_nothing() {
+    let app = TestApp::spawn().await;
+    let mut body = token_body("snake");
+    let refresh = body
+        .as_object_mut()
+        .unwrap()
+        .remove("refreshToken")
+        .unwrap();
+    body["refresh_token"] = refresh;
+    let response = app.put_token("alice", "google", &body).await;
+    let problem = assert_problem(response, 422, "invalid_request").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("refresh_token"),
+        "{problem}"
+    );
+    assert_eq!(app.row_count().await, 0);
+}
+
+#[tokio::test]
+async fn unmatched_routes_and_wrong_methods_are_problem_json() {
+    let app = TestApp::spawn().await;
+    let missing = app
+        .http
+        .get(format!("{}/v1/nothing/here", app.address))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(missing, 404, "invalid_request").await;
+
+    let wrong = app
+        .http
+        .patch(app.token_url("alice", "google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    let allow = wrong.headers()["allow"].to_str().unwrap().to_owned();
+    assert!(allow.contains("PUT") && allow.contains("DELETE"), "{allow}");
+    assert_problem(wrong, 405, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_400() {
+    let app = TestApp::spawn().await;
+    app.put_token("alice", "google", &token_body("two")).await;
+    let response = app
+        .http
+        .get(app.token_url("alice", "google"))
+        .header("authorization", format!("Bearer {FULL_KEY}"))
+        .header("authorization", "Bearer not-a-key")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 400, "invalid_request").await;
+}
+
+/// Sends one raw HTTP/1.1 request (no URL normalisation on the way) and returns the
+/// status and the body.
+async fn raw_request(app: &TestApp, request_line: &str, body: &str) -> (u16, String) {
+    let addr = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{request_line}\r\nHost: {addr}\r\nAuthorization: Bearer {FULL_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, response)
+}
+
+#[tokio::test]
+async fn dot_and_dot_dot_are_not_user_ids() {
+    let app = TestApp::spawn().await;
+    let body = token_body("dots").to_string();
+    for user in [".", ".."] {
+        let put = format!("PUT /v1/users/{user}/tokens/google HTTP/1.1");
+        let (status, response) = raw_request(&app, &put, &body).await;
+        assert_eq!(status, 422, "{response}");
+        assert!(response.contains("\"invalid_request\""), "{response}");
+    }
+    assert_eq!(app.row_count().await, 0);
+}
+
+#[tokio::test]
+async fn the_permission_is_checked_before_any_input_is_validated() {
+    let app = TestApp::spawn().await;
+    let bad_user = format!("{}/v1/users/{}/tokens/google", app.address, "u".repeat(200));
+    // A reader writing garbage to an invalid user learns only that it may not write.
+    let put = app
+        .http
+        .put(&bad_user)
+        .bearer_auth(READ_KEY)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(put, 403, "forbidden").await;
+    let refresh = app
+        .http
+        .post(format!("{bad_user}/refresh"))
+        .bearer_auth(READ_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refresh, 403, "forbidden").await;
+    // With the permission, the same input is a 422.
+    let put = app
+        .http
+        .put(&bad_user)
+        .bearer_auth(RW_KEY)
+        .json(&token_body("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(put, 422, "invalid_request").await;
+}
+
+#[tokio::test]
+async fn refresh_needs_refresh_and_deletes_need_revoke() {
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Success);
+    let app = TestApp::spawn_with_provider(&provider).await;
+    app.put_token("alice", "google", &token_body("perm")).await;
+    let refresh = app
+        .http
+        .post(format!("{}/refresh", app.token_url("alice", "google")))
+        .bearer_auth(READ_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refresh, 403, "forbidden").await;
+    assert_eq!(provider.token_calls(), 0);
+    for url in [
+        app.token_url("alice", "google"),
+        format!("{}/v1/users/alice/tokens", app.address),
+    ] {
+        let delete = app
+            .http
+            .delete(url)
+            .bearer_auth(WRITE_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(delete, 403, "forbidden").await;
+    }
+    assert_eq!(app.row_count().await, 1);
+    assert!(provider.revoked().is_empty());
+}
+
+#[tokio::test]
+async fn provider_names_and_methods_of_callers_never_become_metric_labels() {
+    let app = TestApp::spawn().await;
+    for n in 0..5 {
+        let provider = format!("invented-{n}");
+        app.put_token("alice", &provider, &token_body("label"))
+            .await;
+        for route in ["refresh", "access-token"] {
+            let mut body = json!({});
+            if route == "access-token" {
+                body = json!({"minValiditySeconds": 86400});
+            }
+            app.http
+                .post(format!("{}/{route}", app.token_url("alice", &provider)))
+                .bearer_auth(FULL_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+        }
+        app.http
+            .delete(app.token_url("alice", &provider))
+            .bearer_auth(FULL_KEY)
+            .send()
+            .await
+            .unwrap();
+    }
+    let odd_method = reqwest::Method::from_bytes(b"INVENTEDMETHOD").unwrap();
+    app.http
+        .request(odd_method, app.token_url("alice", "google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("invented"), "{metrics}");
+    assert!(!metrics.contains("INVENTEDMETHOD"), "{metrics}");
+    assert!(metrics.contains(r#"provider="unconfigured""#), "{metrics}");
+    assert!(metrics.contains(r#"method="other""#), "{metrics}");
+    let refreshes: Value = json!(
+        app.metric(
+            "token_store_refreshes_total",
+            &[("provider", "unconfigured"), ("outcome", "not_configured")]
+        )
+        .await
+    );
+    assert_eq!(refreshes, json!(10.0));
+}
