@@ -148,8 +148,9 @@ macro_rules! secret_token {
                 if raw.is_empty() || raw.len() > MAX_TOKEN_LEN {
                     return Err(invalid($field, "must be 1 to 16384 bytes"));
                 }
-                if raw.chars().any(char::is_control) {
-                    return Err(invalid($field, "must not contain control characters"));
+                // RFC 6749 (appendix A.12, A.13): tokens are VSCHAR, printable ASCII.
+                if !raw.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+                    return Err(invalid($field, "must be printable ASCII"));
                 }
                 Ok(Self(SecretString::from(raw)))
             }
@@ -282,5 +283,7 @@ mod tests {
         assert!(AccessToken::parse(String::new()).is_err());
         assert!(AccessToken::parse("a".repeat(MAX_TOKEN_LEN + 1)).is_err());
         assert!(AccessToken::parse("a\nb".into()).is_err());
+        assert!(AccessToken::parse("jeton-é".into()).is_err());
+        assert!(AccessToken::parse("ya29.a0Af-_~+/= x".into()).is_ok());
     }
 }

@@ -55,6 +55,8 @@ enum Command {
     },
     /// Print the SHA-256 (hex) of an API key read from standard input, for `[[clients]]`.
     HashKey,
+    /// Print the HTTP contract (OpenAPI 3.1 JSON), as committed in `openapi.json`.
+    Openapi,
 }
 
 #[tokio::main]
@@ -128,6 +130,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "{}",
                 token_store::auth::key_hash_hex(key.trim_end_matches(['\r', '\n']))
             );
+            Ok(())
+        }
+        Command::Openapi => {
+            print!("{}", token_store::http::openapi::json());
             Ok(())
         }
     }

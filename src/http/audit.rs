@@ -82,7 +82,7 @@ where
     };
     let outcome = match &result {
         Ok(_) => "ok",
-        Err(err) => err.code(),
+        Err(err) => err.code().as_str(),
     };
     let subject = path.as_ref().ok();
     tracing::info!(

@@ -4,7 +4,8 @@
 use axum::extract::rejection::JsonRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::auth::Permission;
 use crate::crypto::CryptoError;
@@ -67,59 +68,139 @@ impl ApiError {
         }
     }
 
-    /// The stable, machine-readable code of DESIGN §3.
-    pub fn code(&self) -> &'static str {
+    /// The stable, machine-readable code.
+    pub fn code(&self) -> ProblemCode {
         match self {
-            Self::InvalidRequest { .. } => "invalid_request",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::TokenNotFound => "token_not_found",
-            Self::ScopeExpansionRequired(_) => "scope_expansion_required",
-            Self::ReauthorizationRequired => "reauthorization_required",
-            Self::ProviderNotConfigured => "provider_not_configured",
-            Self::ProviderUnavailable { .. } => "provider_unavailable",
-            Self::KmsUnavailable(_) => "kms_unavailable",
-            Self::DatabaseUnavailable(_) => "database_unavailable",
-            Self::RequestTimeout => "request_timeout",
-            Self::Internal(_) => "internal",
+            Self::InvalidRequest { .. } => ProblemCode::InvalidRequest,
+            Self::Unauthorized => ProblemCode::Unauthorized,
+            Self::Forbidden(_) => ProblemCode::Forbidden,
+            Self::TokenNotFound => ProblemCode::TokenNotFound,
+            Self::ScopeExpansionRequired(_) => ProblemCode::ScopeExpansionRequired,
+            Self::ReauthorizationRequired => ProblemCode::ReauthorizationRequired,
+            Self::ProviderNotConfigured => ProblemCode::ProviderNotConfigured,
+            Self::ProviderUnavailable { .. } => ProblemCode::ProviderUnavailable,
+            Self::KmsUnavailable(_) => ProblemCode::KmsUnavailable,
+            Self::DatabaseUnavailable(_) => ProblemCode::DatabaseUnavailable,
+            Self::RequestTimeout => ProblemCode::RequestTimeout,
+            Self::Internal(_) => ProblemCode::Internal,
         }
     }
+}
+
+/// Every error's stable code: what callers match on (the status alone is ambiguous: 403 is
+/// `forbidden` or `scope_expansion_required`, 503 has four causes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemCode {
+    /// 400, 404, 405, 413, 415 or 422: the request is malformed or a value is invalid.
+    InvalidRequest,
+    /// 401: no API key, or an unknown one.
+    Unauthorized,
+    /// 403: the key lacks the route's permission.
+    Forbidden,
+    /// 404: nothing is stored for this user and provider.
+    TokenNotFound,
+    /// 403: the grant lacks requested scopes (`missingScopes`).
+    ScopeExpansionRequired,
+    /// 409: the grant is dead; the user must consent again.
+    ReauthorizationRequired,
+    /// 422: a refresh is needed but the provider has no OAuth client configured.
+    ProviderNotConfigured,
+    /// 503: the provider failed or the refresh lock is busy, and the token has expired.
+    ProviderUnavailable,
+    /// 503: KMS is unreachable or refuses.
+    KmsUnavailable,
+    /// 503: PostgreSQL is down or did not answer in time.
+    DatabaseUnavailable,
+    /// 503: the request took longer than its deadline.
+    RequestTimeout,
+    /// 500: anything else; the body says only "internal error".
+    Internal,
+}
+
+impl ProblemCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::TokenNotFound => "token_not_found",
+            Self::ScopeExpansionRequired => "scope_expansion_required",
+            Self::ReauthorizationRequired => "reauthorization_required",
+            Self::ProviderNotConfigured => "provider_not_configured",
+            Self::ProviderUnavailable => "provider_unavailable",
+            Self::KmsUnavailable => "kms_unavailable",
+            Self::DatabaseUnavailable => "database_unavailable",
+            Self::RequestTimeout => "request_timeout",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// An error response body (RFC 9457 `application/problem+json`). Match on `code`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "type": "urn:token-store:problem:token_not_found",
+    "title": "Not Found",
+    "status": 404,
+    "code": "token_not_found",
+    "detail": "no token is stored for this user and provider"
+}))]
+pub struct Problem {
+    /// `urn:token-store:problem:<code>`.
+    #[serde(rename = "type")]
+    #[schema(example = "urn:token-store:problem:token_not_found")]
+    kind: String,
+    /// The status's reason phrase.
+    title: &'static str,
+    /// The HTTP status, repeated.
+    #[schema(minimum = 400, maximum = 599)]
+    status: u16,
+    code: ProblemCode,
+    /// What was wrong, for people; never echoes a value the caller sent. 5xx: a fixed text.
+    detail: String,
+    /// `scope_expansion_required` only: the requested scopes the grant lacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    missing_scopes: Option<Vec<String>>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let code = self.code();
-        let mut body = json!({
-            "type": format!("urn:token-store:problem:{code}"),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "code": code,
-        });
-        match &self {
+        let detail = match &self {
             // Ours: log the cause once, answer a fixed text.
             Self::Internal(err) => {
                 tracing::error!(error = format!("{err:#}"), "request failed");
-                body["detail"] = "internal error".into();
+                "internal error".to_owned()
             }
             Self::KmsUnavailable(err) => {
                 tracing::warn!(error = format!("{err:#}"), "KMS unavailable");
-                body["detail"] = "KMS is unavailable; retry later".into();
+                "KMS is unavailable; retry later".to_owned()
             }
             Self::DatabaseUnavailable(err) => {
                 tracing::warn!(error = format!("{err:#}"), "database unavailable");
-                body["detail"] = "the database is unavailable; retry later".into();
+                "the database is unavailable; retry later".to_owned()
             }
             Self::RequestTimeout => {
                 tracing::warn!("request deadline exceeded");
-                body["detail"] = "the request took too long; retry later".into();
+                "the request took too long; retry later".to_owned()
             }
-            Self::ScopeExpansionRequired(missing) => {
-                body["detail"] = self.to_string().into();
-                body["missingScopes"] = json!(missing);
-            }
-            _ => body["detail"] = self.to_string().into(),
-        }
+            _ => self.to_string(),
+        };
+        let missing_scopes = match &self {
+            Self::ScopeExpansionRequired(missing) => Some(missing.clone()),
+            _ => None,
+        };
+        let body = Problem {
+            kind: format!("urn:token-store:problem:{}", code.as_str()),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            code,
+            detail,
+            missing_scopes,
+        };
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         headers.insert(

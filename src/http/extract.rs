@@ -7,6 +7,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::AppState;
@@ -17,6 +18,46 @@ use crate::domain::{InvalidInput, ProviderName, UserId};
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
+
+/// The path parameters of one grant, as sent and as the contract describes them.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantParams {
+    /// The caller's id for one of its users: 1 to 128 of `A-Z a-z 0-9 . _ - @ : +`, and not
+    /// `.` or `..`.
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(?!\.\.?$)[A-Za-z0-9._@:+-]{1,128}$",
+        example = "user-42"
+    )]
+    user_id: String,
+    /// The provider, as named in the service's configuration: 1 to 32 of `a-z 0-9 _ -`,
+    /// starting with a letter.
+    #[param(
+        min_length = 1,
+        max_length = 32,
+        pattern = r"^[a-z][a-z0-9_-]{0,31}$",
+        example = "google"
+    )]
+    provider: String,
+}
+
+/// The path parameter of a user.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[serde(rename_all = "camelCase")]
+pub struct UserParams {
+    /// The caller's id for one of its users (as in [`GrantParams`]).
+    #[param(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^(?!\.\.?$)[A-Za-z0-9._@:+-]{1,128}$",
+        example = "user-42"
+    )]
+    user_id: String,
+}
 
 /// `{userId}/tokens/{provider}` from the path, parsed. Handlers take it as
 /// `Result<TokenPath, InvalidInput>` and look at the error only once the caller is
@@ -31,12 +72,7 @@ impl FromRequestParts<AppState> for TokenPath {
     type Rejection = InvalidInput;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, InvalidInput> {
-        #[derive(Deserialize)]
-        struct Raw {
-            user_id: String,
-            provider: String,
-        }
-        let raw = raw_path::<Raw>(parts, state).await?;
+        let raw = raw_path::<GrantParams>(parts, state).await?;
         Ok(Self {
             user: UserId::parse(&raw.user_id)?,
             provider: ProviderName::parse(&raw.provider)?,
@@ -51,11 +87,7 @@ impl FromRequestParts<AppState> for UserPath {
     type Rejection = InvalidInput;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, InvalidInput> {
-        #[derive(Deserialize)]
-        struct Raw {
-            user_id: String,
-        }
-        let raw = raw_path::<Raw>(parts, state).await?;
+        let raw = raw_path::<UserParams>(parts, state).await?;
         Ok(Self(UserId::parse(&raw.user_id)?))
     }
 }

@@ -1,31 +1,82 @@
 //! Liveness, readiness and metrics: no authentication.
 
+use std::sync::LazyLock;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::crypto::READINESS_TIMEOUT;
 use crate::store;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
 }
 
-async fn healthz() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// `{"status":"ok"}`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: HealthStatus,
 }
 
-/// Ready when the grants table answers a read and the KMS key is usable, each within
-/// [`READINESS_TIMEOUT`], so that the whole probe ends well inside a load balancer's
-/// health-check timeout. A table locked by someone else reads as a database that is not
-/// ready: requests would wait on it too.
+/// Always `ok`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    Ok,
+}
+
+/// Each dependency's readiness.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    database: Dependency,
+    kms: Dependency,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dependency {
+    Ok,
+    Unavailable,
+}
+
+impl Dependency {
+    fn of(ok: bool) -> Self {
+        if ok {
+            Self::Ok
+        } else {
+            Self::Unavailable
+        }
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: HealthStatus::Ok,
+    })
+}
+
+/// Readiness: the grants table answers a read and the KMS key is usable, each within a
+/// second, so that the probe ends well inside a load balancer's health-check timeout. A
+/// table locked by someone else reads as a database that is not ready: requests would wait
+/// on it too. KMS's answer is reused for `readiness_cache_ms`.
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "The database or KMS is not ready", body = Readiness),
+    ))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (db, kms) = tokio::join!(
         tokio::time::timeout(READINESS_TIMEOUT, store::probe(state.vault.db())),
@@ -50,13 +101,17 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-    (
-        status,
-        axum::Json(json!({ "database": word(db_ok), "kms": word(kms.is_ok()) })),
-    )
+    let readiness = Readiness {
+        database: Dependency::of(db_ok),
+        kms: Dependency::of(kms.is_ok()),
+    };
+    (status, axum::Json(readiness))
 }
 
+/// Prometheus text exposition of the `token_store_*` metrics.
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+        body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let cached = state.vault.envelope().cached_keys().await;
     state
@@ -66,5 +121,17 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+}
+
+/// This contract (OpenAPI 3.1), as committed at the repository root as `openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document",
+        body = Object, content_type = "application/json")))]
+async fn openapi_json() -> impl IntoResponse {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(super::openapi::json);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
     )
 }

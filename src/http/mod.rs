@@ -6,6 +6,7 @@ mod audit;
 mod error;
 mod extract;
 mod health;
+pub mod openapi;
 mod server;
 mod tokens;
 
@@ -66,8 +67,7 @@ impl std::ops::Deref for AppState {
 /// `request_timeout` bounds each request, reading its body included (503 `request_timeout`).
 pub fn app(state: AppState, body_limit_bytes: usize, request_timeout: Duration) -> Router {
     Router::new()
-        .merge(tokens::router())
-        .merge(health::router())
+        .merge(openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit_bytes))

@@ -2,47 +2,85 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, post, put};
-use axum::Router;
 use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::audit::{audited, Event};
-use super::error::ApiError;
-use super::extract::{Caller, Json, OptionalJson, TokenPath, UserPath};
+use super::error::{ApiError, Problem};
+use super::extract::{Caller, GrantParams, Json, OptionalJson, TokenPath, UserParams, UserPath};
 use super::AppState;
 use crate::auth::Permission;
-use crate::domain::{AccessToken, InvalidInput, RefreshToken, Scope, StoredToken, TokenSet};
+use crate::domain::{
+    AccessToken, InvalidInput, RefreshToken, Scope, StoredToken, TokenSet, TokenStatus,
+};
 use crate::refresh::AccessGrant;
 use crate::revoke;
 use crate::vault::to_millis;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/users/{user_id}/tokens/{provider}",
-            put(store_token).get(get_token).delete(delete_token),
-        )
-        .route(
-            "/v1/users/{user_id}/tokens/{provider}/access-token",
-            post(access_token),
-        )
-        .route(
-            "/v1/users/{user_id}/tokens/{provider}/refresh",
-            post(force_refresh),
-        )
-        .route("/v1/users/{user_id}/tokens", delete(delete_user_tokens))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(store_token, get_token, delete_token))
+        .routes(routes!(access_token))
+        .routes(routes!(force_refresh))
+        .routes(routes!(delete_user_tokens))
 }
 
-#[derive(Deserialize)]
+/// A grant to store: what the provider's token endpoint answered at consent.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct StoreTokenBody {
+#[schema(example = json!({
+    "accessToken": "ya29.a0AfB_example-access",
+    "refreshToken": "1//0g_example-refresh",
+    "expiresAt": 1764003600000_i64,
+    "scopes": ["openid", "https://www.googleapis.com/auth/gmail.readonly"]
+}))]
+pub struct StoreTokenBody {
+    /// 1 to 16384 characters of printable ASCII.
+    #[schema(min_length = 1, max_length = 16384, pattern = r"^[\x20-\x7E]+$")]
     access_token: String,
+    /// As `accessToken`. Without one, the grant cannot be refreshed.
+    #[schema(min_length = 1, max_length = 16384, pattern = r"^[\x20-\x7E]+$")]
     refresh_token: Option<String>,
-    /// Milliseconds since the Unix epoch.
+    /// When the access token expires, in milliseconds since the Unix epoch.
+    #[schema(minimum = 1, maximum = 8_210_298_412_799_999_i64)]
     expires_at: i64,
-    scopes: Vec<String>,
+    /// The granted scopes (RFC 6749 scope tokens); duplicates are dropped.
+    #[schema(max_items = 100)]
+    scopes: Vec<ScopeString>,
+}
+
+/// One RFC 6749 scope token, as sent (parsed into a `Scope` by the handler).
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct ScopeString(String);
+
+impl PartialSchema for ScopeString {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "An RFC 6749 scope token: 1 to 512 of %x21 / %x23-5B / %x5D-7E",
+            ))
+            .min_length(Some(1))
+            .max_length(Some(Scope::MAX_LEN))
+            .pattern(Some(r"^[\x21\x23-\x5B\x5D-\x7E]+$"))
+            .examples([serde_json::json!("openid")])
+            .into()
+    }
+}
+
+impl ToSchema for ScopeString {}
+
+impl AsRef<str> for ScopeString {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
 }
 
 impl StoreTokenBody {
@@ -64,17 +102,45 @@ impl StoreTokenBody {
     }
 }
 
-/// The `StoredToken` of the TypeScript callers, plus the row's status.
-#[derive(Serialize)]
+/// A stored grant, decrypted: the `StoredToken` of the TypeScript callers, plus its status.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({
+    "accessToken": "ya29.a0AfB_example-access",
+    "refreshToken": "1//0g_example-refresh",
+    "expiresAt": 1764003600000_i64,
+    "scopes": ["openid"],
+    "provider": "google",
+    "status": "active"
+}))]
 pub struct StoredTokenBody {
     access_token: String,
+    /// Present only for clients with the `read_refresh_token` permission, and only if the
+    /// grant has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
+    /// Milliseconds since the Unix epoch.
     expires_at: i64,
     scopes: Vec<String>,
     provider: String,
-    status: &'static str,
+    status: GrantStatus,
+}
+
+/// A grant's status: a dead grant is kept (not served) until a new consent replaces it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantStatus {
+    Active,
+    ReauthorizationRequired,
+}
+
+impl From<TokenStatus> for GrantStatus {
+    fn from(status: TokenStatus) -> Self {
+        match status {
+            TokenStatus::Active => Self::Active,
+            TokenStatus::ReauthorizationRequired => Self::ReauthorizationRequired,
+        }
+    }
 }
 
 impl From<StoredToken> for StoredTokenBody {
@@ -86,26 +152,46 @@ impl From<StoredToken> for StoredTokenBody {
             expires_at: to_millis(token.expires_at),
             scopes: token.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             provider: stored.provider.as_str().to_owned(),
-            status: stored.status.as_str(),
+            status: stored.status.into(),
         }
     }
 }
 
-#[derive(Deserialize, Default)]
+/// What an access token must satisfy. The whole body is optional.
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct AccessTokenBody {
-    scopes: Option<Vec<String>>,
+#[schema(example = json!({"scopes": ["openid"], "minValiditySeconds": 600}))]
+pub struct AccessTokenBody {
+    /// Scopes the grant must carry (else 403 `scope_expansion_required`).
+    #[schema(max_items = 100)]
+    scopes: Option<Vec<ScopeString>>,
+    /// The token must stay valid at least this long (refreshed first if not); the
+    /// service's refresh buffer applies if it is longer.
+    #[schema(minimum = 0, maximum = 86400)]
     min_validity_seconds: Option<u32>,
 }
 
-/// `{accessToken, expiresAt, scopes, tokenType}`.
-#[derive(Serialize)]
+/// An access token valid now.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct AccessTokenResponse {
+#[schema(example = json!({
+    "accessToken": "ya29.a0AfB_example-access",
+    "expiresAt": 1764003600000_i64,
+    "scopes": ["openid"],
+    "tokenType": "Bearer"
+}))]
+pub struct AccessTokenResponse {
     access_token: String,
+    /// Milliseconds since the Unix epoch.
     expires_at: i64,
     scopes: Vec<String>,
-    token_type: &'static str,
+    token_type: TokenType,
+}
+
+/// Always `Bearer`.
+#[derive(Serialize, ToSchema)]
+pub enum TokenType {
+    Bearer,
 }
 
 impl From<AccessGrant> for AccessTokenResponse {
@@ -114,7 +200,7 @@ impl From<AccessGrant> for AccessTokenResponse {
             access_token: grant.access_token.expose().to_owned(),
             expires_at: to_millis(grant.expires_at),
             scopes: grant.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            token_type: "Bearer",
+            token_type: TokenType::Bearer,
         }
     }
 }
@@ -122,6 +208,29 @@ impl From<AccessGrant> for AccessTokenResponse {
 /// Longest validity a caller may ask for: a day.
 const MAX_MIN_VALIDITY_SECONDS: u32 = 24 * 3600;
 
+/// An access token valid now, refreshed first (exactly once across replicas) if it
+/// expires within the refresh buffer or `minValiditySeconds`. While the provider fails
+/// transiently or the refresh lock is busy, the current token is served as long as it has
+/// not actually expired.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{userId}/tokens/{provider}/access-token",
+    operation_id = "getAccessToken",
+    tag = "grants",
+    params(GrantParams),
+    request_body(content = Option<AccessTokenBody>, content_type = "application/json",
+        description = "Optional; an empty body asks for no scopes and the default validity"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A token valid now", body = AccessTokenResponse),
+        (status = 403, description = "`forbidden`: the key lacks `read`; or `scope_expansion_required`: the grant lacks requested scopes (`missingScopes`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`token_not_found`: nothing is stored", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reauthorization_required`: the grant is dead", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "`invalid_request`: the body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_request`: a bad path or body value; or `provider_not_configured`: a refresh is needed and the provider has no OAuth client", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`provider_unavailable`, `kms_unavailable`, `database_unavailable` or `request_timeout`", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn access_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,6 +265,22 @@ async fn access_token(
     .await
 }
 
+/// Refreshes the grant at its provider now, whatever its expiry.
+#[utoipa::path(
+    post,
+    path = "/v1/users/{userId}/tokens/{provider}/refresh",
+    operation_id = "refreshToken",
+    tag = "grants",
+    params(GrantParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The refreshed token", body = AccessTokenResponse),
+        (status = 404, description = "`token_not_found`: nothing is stored", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`reauthorization_required`: the grant is dead", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_request`: a bad path value; or `provider_not_configured`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`provider_unavailable`, `kms_unavailable`, `database_unavailable` or `request_timeout`", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn force_refresh(
     State(state): State<AppState>,
     caller: Caller,
@@ -177,6 +302,22 @@ async fn force_refresh(
     .await
 }
 
+/// Stores a grant, or replaces the pair's grant: a new data key, status `active`.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{userId}/tokens/{provider}",
+    operation_id = "putToken",
+    tag = "grants",
+    params(GrantParams),
+    request_body(content = StoreTokenBody, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Stored"),
+        (status = 413, description = "`invalid_request`: the body is too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "`invalid_request`: the body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`invalid_request`: a bad path or body value, a missing or unknown field", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn store_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -201,6 +342,19 @@ async fn store_token(
     .await
 }
 
+/// The stored grant, decrypted.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{userId}/tokens/{provider}",
+    operation_id = "getToken",
+    tag = "grants",
+    params(GrantParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stored grant", body = StoredTokenBody),
+        (status = 404, description = "`token_not_found`: nothing is stored", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn get_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,6 +377,17 @@ async fn get_token(
     .await
 }
 
+/// Revokes the grant at its provider (best effort), then deletes it; also 204 if there was
+/// nothing.
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{userId}/tokens/{provider}",
+    operation_id = "deleteToken",
+    tag = "grants",
+    params(GrantParams),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Deleted (or there was nothing)"))
+)]
 async fn delete_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -248,6 +413,16 @@ async fn delete_token(
     .await
 }
 
+/// Revokes and deletes every grant of a user (account erasure).
+#[utoipa::path(
+    delete,
+    path = "/v1/users/{userId}/tokens",
+    operation_id = "deleteUserTokens",
+    tag = "grants",
+    params(UserParams),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Deleted (or there was nothing)"))
+)]
 async fn delete_user_tokens(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,6 +7,7 @@ mod bench;
 mod binary;
 mod cache;
 mod connections;
+mod contract;
 mod encryption;
 mod faults;
 mod helpers;

@@ -150,7 +150,7 @@ async fn requests_are_counted_by_route_and_status() {
     app.put_token("u", "google", &token_body("m")).await;
     app.get_token("u", "google", FULL_KEY).await;
     app.get_token("nobody", "google", FULL_KEY).await;
-    let route = "/v1/users/{user_id}/tokens/{provider}";
+    let route = "/v1/users/{userId}/tokens/{provider}";
     let ok = app
         .metric(
             "token_store_http_requests_total",

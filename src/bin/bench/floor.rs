@@ -62,7 +62,7 @@ pub fn serve() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let app = axum::Router::new().route(
-            "/v1/users/{user_id}/tokens/{provider}/access-token",
+            "/v1/users/{userId}/tokens/{provider}/access-token",
             post(|| async { ([(CONTENT_TYPE, "application/json")], BODY) }),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
