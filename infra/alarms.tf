@@ -1,18 +1,24 @@
-# Alarms, all to one encrypted SNS topic (subscribe to it, or add alarm_action_arns):
+# Alarms, all to one encrypted SNS topic (alarm_subscriptions, or add alarm_action_arns):
 #
 #   5xx rate            ALB + target 5xx as a share of requests (AWS/ApplicationELB)
-#   no healthy targets  /readyz failing on every task (database or KMS unreachable)
+#   no healthy targets  /healthz failing on every task (no task running or answering)
 #   refresh failures    the service's audit events (target token_store::audit, docs/audit.md)
 #                       for token.refresh and token.access_token, by outcome:
 #                       provider_unavailable (transient), internal (error),
 #                       reauthorization_required (terminal: dead grants); and the refresh
 #                       module's WARN/ERROR lines (target token_store::refresh): failed
 #                       attempts callers did not see, refreshed tokens that were not persisted
-#   KMS unavailable     audit events with outcome kms_unavailable
+#   KMS / database      audit events with outcome kms_unavailable / database_unavailable
 #   KMS throttling      CloudTrail records of kms.amazonaws.com ThrottlingException, and the
 #                       account's symmetric KMS request rate against its quota (AWS/Usage)
-#   token key changes   DisableKey / ScheduleKeyDeletion / PutKeyPolicy / CreateGrant /
-#                       DisableKeyRotation on the token key, and AccessDenied on it
+#   token key denials   AccessDenied on a token key (CloudTrail log filter)
+#
+# And, through EventBridge rather than the trail's CloudWatch Logs copy (so that stopping
+# or changing the trail cannot silence them):
+#   audit trail         StopLogging / DeleteTrail / UpdateTrail / PutEventSelectors / ...
+#   key administration  PutKeyPolicy / ScheduleKeyDeletion / DisableKey / alias changes /
+#                       CreateGrant / DisableKeyRotation on the token keys or the infra key
+#   rewrap operator     every AssumeRole of the rewrap operator role
 #
 # The service writes one JSON object per line (log_format = "json", tracing-subscriber with
 # flattened fields), so the metric filters below match fields by name.
@@ -26,6 +32,78 @@ locals {
 resource "aws_sns_topic" "alarms" {
   name              = "${var.name}-alarms"
   kms_master_key_id = aws_kms_key.infra.arn
+}
+
+# Replaces the default topic policy: the account's own principals (IAM decides), CloudWatch
+# alarms of this account, and this module's EventBridge rules, nobody else.
+data "aws_iam_policy_document" "alarm_topic" {
+  statement {
+    sid = "AccountManagesTheTopic"
+    actions = [
+      "sns:GetTopicAttributes",
+      "sns:SetTopicAttributes",
+      "sns:AddPermission",
+      "sns:RemovePermission",
+      "sns:DeleteTopic",
+      "sns:Subscribe",
+      "sns:ListSubscriptionsByTopic",
+      "sns:Publish",
+    ]
+    principals {
+      type        = "AWS"
+      identifiers = [local.account_root_arn]
+    }
+    resources = [aws_sns_topic.alarms.arn]
+  }
+
+  statement {
+    sid     = "CloudWatchAlarmsPublish"
+    actions = ["sns:Publish"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+    resources = [aws_sns_topic.alarms.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:cloudwatch:${local.region}:${local.account_id}:alarm:*"]
+    }
+  }
+
+  statement {
+    sid     = "EventBridgeRulesPublish"
+    actions = ["sns:Publish"]
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+    resources = [aws_sns_topic.alarms.arn]
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [for rule in aws_cloudwatch_event_rule.audit : rule.arn]
+    }
+  }
+}
+
+resource "aws_sns_topic_policy" "alarms" {
+  arn    = aws_sns_topic.alarms.arn
+  policy = data.aws_iam_policy_document.alarm_topic.json
+}
+
+# Who gets the alarms. An email subscription stays pending until its recipient confirms it.
+resource "aws_sns_topic_subscription" "alarms" {
+  for_each = { for s in var.alarm_subscriptions : "${s.protocol}:${s.endpoint}" => s }
+
+  topic_arn = aws_sns_topic.alarms.arn
+  protocol  = each.value.protocol
+  endpoint  = each.value.endpoint
 }
 
 # ---------------------------------------------------------------------------------------
@@ -84,7 +162,7 @@ resource "aws_cloudwatch_metric_alarm" "http_5xx_rate" {
 
 resource "aws_cloudwatch_metric_alarm" "no_healthy_targets" {
   alarm_name          = "${var.name}-no-healthy-targets"
-  alarm_description   = "No token-store task passes /readyz (database or KMS unreachable, or no task running)."
+  alarm_description   = "No token-store task passes the /healthz health check (no task running, or none answering)."
   namespace           = "AWS/ApplicationELB"
   metric_name         = "HealthyHostCount"
   statistic           = "Minimum"
@@ -210,6 +288,37 @@ resource "aws_cloudwatch_metric_alarm" "refresh_attempts" {
   ok_actions          = local.alarm_actions
 }
 
+resource "aws_cloudwatch_log_metric_filter" "database_unavailable" {
+  name           = "${var.name}-database-unavailable"
+  log_group_name = aws_cloudwatch_log_group.service.name
+  pattern        = "{ ($.target = \"token_store::audit\") && ($.outcome = \"database_unavailable\") }"
+
+  metric_transformation {
+    name          = "DatabaseUnavailable"
+    namespace     = local.metric_namespace
+    value         = "1"
+    default_value = "0"
+    unit          = "Count"
+  }
+}
+
+# The health check no longer asks the database (/healthz), so a database outage shows here
+# and in the 5xx rate rather than as unhealthy targets.
+resource "aws_cloudwatch_metric_alarm" "database_unavailable" {
+  alarm_name          = "${var.name}-database-unavailable"
+  alarm_description   = "Token operations failed because PostgreSQL was unreachable, refusing connections (e.g. a rotated password not yet re-read) or too slow (database_unavailable)."
+  namespace           = local.metric_namespace
+  metric_name         = aws_cloudwatch_log_metric_filter.database_unavailable.metric_transformation[0].name
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = var.alarm_database_unavailable
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 resource "aws_cloudwatch_log_metric_filter" "kms_unavailable" {
   name           = "${var.name}-kms-unavailable"
   log_group_name = aws_cloudwatch_log_group.service.name
@@ -310,44 +419,12 @@ resource "aws_cloudwatch_metric_alarm" "kms_quota" {
   }
 }
 
-resource "aws_cloudwatch_log_metric_filter" "token_key_changes" {
-  count = var.create_cloudtrail ? 1 : 0
-
-  name           = "${var.name}-token-key-changes"
-  log_group_name = aws_cloudwatch_log_group.trail[0].name
-  pattern        = "{ ($.eventSource = \"kms.amazonaws.com\") && ($.resources[0].ARN = \"${aws_kms_key.tokens.arn}\") && (($.eventName = \"DisableKey\") || ($.eventName = \"ScheduleKeyDeletion\") || ($.eventName = \"PutKeyPolicy\") || ($.eventName = \"CreateGrant\") || ($.eventName = \"DisableKeyRotation\")) }"
-
-  metric_transformation {
-    name          = "TokenKeyChanges"
-    namespace     = local.metric_namespace
-    value         = "1"
-    default_value = "0"
-    unit          = "Count"
-  }
-}
-
-resource "aws_cloudwatch_metric_alarm" "token_key_changes" {
-  count = var.create_cloudtrail ? 1 : 0
-
-  alarm_name          = "${var.name}-token-key-changes"
-  alarm_description   = "The token key was disabled, scheduled for deletion, given a new policy or a grant, or lost automatic rotation."
-  namespace           = local.metric_namespace
-  metric_name         = aws_cloudwatch_log_metric_filter.token_key_changes[0].metric_transformation[0].name
-  statistic           = "Sum"
-  period              = 300
-  evaluation_periods  = 1
-  comparison_operator = "GreaterThanThreshold"
-  threshold           = 0
-  treat_missing_data  = "notBreaching"
-  alarm_actions       = local.alarm_actions
-}
-
 resource "aws_cloudwatch_log_metric_filter" "token_key_access_denied" {
   count = var.create_cloudtrail ? 1 : 0
 
   name           = "${var.name}-token-key-access-denied"
   log_group_name = aws_cloudwatch_log_group.trail[0].name
-  pattern        = "{ ($.eventSource = \"kms.amazonaws.com\") && ($.errorCode = \"AccessDenied*\") && ($.resources[0].ARN = \"${aws_kms_key.tokens.arn}\") }"
+  pattern        = "{ ($.eventSource = \"kms.amazonaws.com\") && ($.errorCode = \"AccessDenied*\") && (${join(" || ", [for arn in local.token_key_arns : "($.resources[0].ARN = \"${arn}\")"])}) }"
 
   metric_transformation {
     name          = "TokenKeyAccessDenied"
@@ -362,7 +439,7 @@ resource "aws_cloudwatch_metric_alarm" "token_key_access_denied" {
   count = var.create_cloudtrail ? 1 : 0
 
   alarm_name          = "${var.name}-token-key-access-denied"
-  alarm_description   = "A principal was refused the token key (someone without the service's role or context tried to use it)."
+  alarm_description   = "A principal was refused a token key (someone without the service's role, context or VPC endpoint tried to use it). Refused calls from other accounts are logged in their account, not here."
   namespace           = local.metric_namespace
   metric_name         = aws_cloudwatch_log_metric_filter.token_key_access_denied[0].metric_transformation[0].name
   statistic           = "Sum"
@@ -372,4 +449,97 @@ resource "aws_cloudwatch_metric_alarm" "token_key_access_denied" {
   threshold           = 0
   treat_missing_data  = "notBreaching"
   alarm_actions       = local.alarm_actions
+}
+
+# ---------------------------------------------------------------------------------------
+# EventBridge: CloudTrail management events, matched as they happen, straight to the topic.
+# They do not go through this module's trail bucket, its CloudWatch Logs copy or a metric
+# filter, so stopping or rewiring the trail does not silence them; the StopLogging or
+# DeleteTrail call itself is the event that alarms. (EventBridge receives "AWS API Call via
+# CloudTrail" events while a trail with logging enabled exists in the account and region:
+# with this trail stopped, an organisation trail keeps them coming; README, "Audit trail".)
+
+locals {
+  # The token keys, the infra key (it encrypts the trail and the secrets) and their aliases.
+  audited_kms_arns = concat(
+    local.token_key_arns,
+    [aws_kms_key.infra.arn, aws_kms_alias.tokens.arn, aws_kms_alias.infra.arn],
+  )
+
+  audit_event_rules = {
+    trail-tampering = {
+      description = "The audit trail was stopped, deleted or changed (what it records included)."
+      state       = "ENABLED"
+      pattern = {
+        source      = ["aws.cloudtrail"]
+        detail-type = ["AWS API Call via CloudTrail"]
+        detail = {
+          eventSource = ["cloudtrail.amazonaws.com"]
+          eventName = [
+            "StopLogging",
+            "DeleteTrail",
+            "UpdateTrail",
+            "PutEventSelectors",
+            "PutInsightSelectors",
+            "DeleteEventDataStore",
+            "UpdateEventDataStore",
+            "StopEventDataStoreIngestion",
+          ]
+        }
+      }
+    }
+    key-administration = {
+      description = "A token key or the infra key got a new policy, a grant or an alias change, or was disabled or scheduled for deletion."
+      state       = "ENABLED"
+      pattern = {
+        source      = ["aws.kms"]
+        detail-type = ["AWS API Call via CloudTrail"]
+        detail = {
+          eventSource = ["kms.amazonaws.com"]
+          eventName = [
+            "PutKeyPolicy",
+            "ScheduleKeyDeletion",
+            "DisableKey",
+            "DisableKeyRotation",
+            "CreateGrant",
+            "CreateAlias",
+            "DeleteAlias",
+            "UpdateAlias",
+          ]
+          resources = { ARN = local.audited_kms_arns }
+        }
+      }
+    }
+    # AssumeRole is a read-only management event: the rule must ask for those explicitly.
+    rewrap-operator = {
+      description = "Someone (or the rewrap task) assumed the rewrap operator role, which can ReEncrypt every data key."
+      state       = "ENABLED_WITH_ALL_CLOUDTRAIL_MANAGEMENT_EVENTS"
+      pattern = {
+        source      = ["aws.sts"]
+        detail-type = ["AWS API Call via CloudTrail"]
+        detail = {
+          eventSource       = ["sts.amazonaws.com"]
+          eventName         = ["AssumeRole"]
+          requestParameters = { roleArn = [aws_iam_role.rewrap_operator.arn] }
+        }
+      }
+    }
+  }
+}
+
+resource "aws_cloudwatch_event_rule" "audit" {
+  for_each = local.audit_event_rules
+
+  name          = "${var.name}-${each.key}"
+  description   = each.value.description
+  state         = each.value.state
+  event_pattern = jsonencode(each.value.pattern)
+}
+
+resource "aws_cloudwatch_event_target" "audit" {
+  for_each = local.audit_event_rules
+
+  rule      = aws_cloudwatch_event_rule.audit[each.key].name
+  target_id = "alarm-topic"
+  arn       = aws_sns_topic.alarms.arn
 }

@@ -8,6 +8,13 @@
 # does not exclude kms.amazonaws.com. This trail does exactly that (all regions, so a key
 # used from elsewhere is still seen), to an encrypted, versioned, private S3 bucket and to a
 # CloudWatch log group that the KMS alarms (alarms.tf) filter.
+#
+# The bucket has S3 Object Lock in compliance mode: for cloudtrail_object_lock_days after it
+# is written, no principal of this account, the root user included, can delete or overwrite
+# a log file version, and the retention cannot be shortened. What Object Lock cannot stop
+# (stopping the trail, changing what it records, scheduling the infra key's deletion) raises
+# the EventBridge alarms of alarms.tf. The stronger arrangement is an organisation trail
+# delivering to a bucket in a separate log-archive account (README, "Audit trail").
 
 resource "aws_s3_bucket" "trail" {
   #checkov:skip=CKV_AWS_18: This bucket is the audit log itself; server access logs would need yet another bucket. Object-level reads of it can be recorded as S3 data events by the organisation trail.
@@ -17,6 +24,31 @@ resource "aws_s3_bucket" "trail" {
 
   bucket        = "${var.name}-trail-${local.account_id}-${local.region}"
   force_destroy = false
+
+  # Object Lock can only be switched on at creation through this argument (an existing
+  # bucket: README, "Audit trail").
+  object_lock_enabled = true
+}
+
+resource "aws_s3_bucket_object_lock_configuration" "trail" {
+  count  = var.create_cloudtrail ? 1 : 0
+  bucket = aws_s3_bucket.trail[0].id
+
+  rule {
+    default_retention {
+      mode = "COMPLIANCE"
+      days = var.cloudtrail_object_lock_days
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.cloudtrail_object_lock_days <= var.cloudtrail_s3_retention_days
+      error_message = "cloudtrail_object_lock_days must not exceed cloudtrail_s3_retention_days (the lifecycle rule could not expire what is still locked)."
+    }
+  }
+
+  depends_on = [aws_s3_bucket_versioning.trail]
 }
 
 resource "aws_s3_bucket_ownership_controls" "trail" {
@@ -213,6 +245,7 @@ resource "aws_cloudtrail" "kms" {
 
   depends_on = [
     aws_s3_bucket_policy.trail,
+    aws_s3_bucket_object_lock_configuration.trail,
     aws_iam_role_policy.trail_to_logs,
   ]
 }

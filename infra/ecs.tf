@@ -1,25 +1,23 @@
-# The service on ECS Fargate behind an internal ALB, its log group, its roles, and a second
-# task definition for `token-store rewrap` run as the operator role.
+# The service on ECS Fargate behind an internal ALB, its log group, its roles, its
+# autoscaling, and two one-off task definitions: `token-store migrate` as the RDS master
+# user and `token-store rewrap` as the rewrap operator role.
 
 locals {
-  # Without a URL secret: a URL with no password (sqlx adds PGPASSWORD from the RDS
-  # secret), TLS verified against the RDS CA bundle the image carries.
-  database_url = join("", [
-    "postgres://${var.db_username}@${aws_db_instance.this.address}:${aws_db_instance.this.port}/${var.db_name}",
-    "?sslmode=${var.db_sslmode}&sslrootcert=/etc/token-store/rds-global-bundle.pem",
-  ])
+  # URLs without a password, TLS verified against the RDS CA bundle the image carries.
+  # The service and rewrap connect as the application role; migrate as the master user.
+  database_url_query  = "?sslmode=${var.db_sslmode}&sslrootcert=/etc/token-store/rds-global-bundle.pem"
+  database_host       = "${aws_db_instance.this.address}:${aws_db_instance.this.port}"
+  app_database_url    = "postgres://${local.db_app_username}@${local.database_host}/${var.db_name}${local.database_url_query}"
+  master_database_url = "postgres://${var.db_username}@${local.database_host}/${var.db_name}${local.database_url_query}"
 
-  common_environment = merge(
-    {
-      AWS_REGION                     = local.region
-      RUST_LOG                       = var.log_level
-      TOKEN_STORE_CONFIG             = local.container_config_path
-      TOKEN_STORE_SERVER__LOG_FORMAT = "json"
-      # The alias, so that pointing it at another key (after a rewrap) moves new writes.
-      TOKEN_STORE_KMS__KEY_ID = aws_kms_alias.tokens.arn
-    },
-    var.database_url_secret_arn == null ? { TOKEN_STORE_DATABASE__URL = local.database_url } : {},
-  )
+  common_environment = {
+    AWS_REGION                     = local.region
+    RUST_LOG                       = var.log_level
+    TOKEN_STORE_CONFIG             = local.container_config_path
+    TOKEN_STORE_SERVER__LOG_FORMAT = "json"
+    # The alias, so that adding a key generation (which moves it) moves new writes.
+    TOKEN_STORE_KMS__KEY_ID = aws_kms_alias.tokens.arn
+  }
 
   provider_environment = merge([
     for name, p in var.oauth_providers : merge(
@@ -35,13 +33,25 @@ locals {
   service_environment = merge(
     local.common_environment,
     {
-      TOKEN_STORE_SERVER__LISTEN             = "0.0.0.0:${var.container_port}"
-      TOKEN_STORE_DATABASE__MIGRATE_ON_START = tostring(var.migrate_on_start)
-      TOKEN_STORE_KMS__CACHE_TTL_SECONDS     = tostring(var.kms_cache_ttl_seconds)
+      TOKEN_STORE_SERVER__LISTEN         = "0.0.0.0:${var.container_port}"
+      TOKEN_STORE_SERVER__METRICS_LISTEN = "0.0.0.0:${var.metrics_port}"
+      TOKEN_STORE_KMS__CACHE_TTL_SECONDS = tostring(var.kms_cache_ttl_seconds)
+      # As token_store_service (member of token_store_app), password from the secret, re-read
+      # by the service itself (which also takes the user name from the secret).
+      TOKEN_STORE_DATABASE__URL                 = local.app_database_url
+      TOKEN_STORE_DATABASE__PASSWORD_SECRET_ARN = aws_secretsmanager_secret.db_app.arn
+      TOKEN_STORE_DATABASE__MIGRATE_ON_START    = "false"
+      # The pool sizes the connection budget is computed from (main.tf).
+      TOKEN_STORE_DATABASE__MAX_CONNECTIONS       = tostring(var.db_pool_max_connections)
+      TOKEN_STORE_DATABASE__LOCK_POOL_CONNECTIONS = tostring(var.db_lock_pool_connections)
+      TOKEN_STORE_DATABASE__READ_CONNECTIONS      = tostring(var.db_read_connections)
     },
     local.provider_environment,
     var.extra_environment,
   )
+
+  migrate_environment = merge(local.common_environment, { TOKEN_STORE_DATABASE__URL = local.master_database_url })
+  rewrap_environment  = merge(local.common_environment, { TOKEN_STORE_DATABASE__URL = local.app_database_url })
 }
 
 resource "aws_cloudwatch_log_group" "service" {
@@ -62,8 +72,16 @@ resource "aws_ecs_cluster" "this" {
 # ---------------------------------------------------------------------------------------
 # Roles
 
+# Who may become a task role: ECS tasks of this account, in this region. That is as narrow
+# as AWS allows: "Using the aws:SourceArn condition key to specify a specific cluster is
+# not currently supported, you should use the wildcard to specify all clusters" (Amazon
+# ECS task IAM role documentation), and a task ARN names no task definition. What binds the
+# token keys to this service beyond the trust policy: iam:PassRole on the task role (who may
+# start a task as it), and the keys' aws:SourceVpce condition with the endpoint's security
+# group, which admits only the service's security group (README, "Who can decrypt").
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
+    sid     = "EcsTasksOfThisAccountAndRegion"
     actions = ["sts:AssumeRole"]
     principals {
       type        = "Service"
@@ -117,17 +135,52 @@ resource "aws_iam_role_policy" "execution_secrets" {
   policy = data.aws_iam_policy_document.execution_secrets.json
 }
 
-# The service's identity. It has no IAM policy on purpose: the token key's policy names this
-# role for GenerateDataKey/Decrypt/DescribeKey (with the encryption-context condition), and
-# the service calls nothing else in AWS.
+# The service's identity. The token keys' policy names this role for GenerateDataKey/Decrypt/
+# DescribeKey (with the encryption-context and VPC-endpoint conditions); its own policy
+# allows exactly one more thing: reading the application database secret.
 resource "aws_iam_role" "task" {
   name               = "${var.name}-task"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
 }
 
+data "aws_iam_policy_document" "task" {
+  statement {
+    sid       = "ReadTheAppDatabaseSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.db_app.arn]
+
+    # With this module's Secrets Manager endpoint, only through it.
+    dynamic "condition" {
+      for_each = var.create_secretsmanager_vpc_endpoint ? [aws_vpc_endpoint.secretsmanager[0].id] : []
+      content {
+        test     = "StringEquals"
+        variable = "aws:SourceVpce"
+        values   = [condition.value]
+      }
+    }
+  }
+  statement {
+    sid       = "DecryptTheAppDatabaseSecret"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.infra.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["secretsmanager.${local.region}.${local.dns_suffix}"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "task" {
+  name   = "read-app-database-secret"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.task.json
+}
+
 # The operator identity for `token-store rewrap`: ReEncryptFrom/ReEncryptTo (and DescribeKey)
-# by the token key's policy, nothing else. Used by the rewrap task definition below, or
-# assumed by the principals in rewrap_operator_principal_arns.
+# by the token keys' policy, nothing else. Used by the rewrap task definition below, or
+# assumed by the principals in rewrap_operator_principal_arns. Sessions last an hour at most;
+# every AssumeRole of it raises the rewrap-operator alarm (alarms.tf).
 data "aws_iam_policy_document" "rewrap_operator_assume" {
   source_policy_documents = [data.aws_iam_policy_document.ecs_tasks_assume.json]
 
@@ -147,7 +200,52 @@ data "aws_iam_policy_document" "rewrap_operator_assume" {
 resource "aws_iam_role" "rewrap_operator" {
   name                 = "${var.name}-rewrap-operator"
   assume_role_policy   = data.aws_iam_policy_document.rewrap_operator_assume.json
-  max_session_duration = 43200
+  max_session_duration = 3600
+}
+
+# The destination of a rewrap is not the source key's to decide (KMS has no condition key
+# for it), and any key whose own policy names this role could otherwise receive the data
+# keys, e.g. a key created for the purpose whose policy also lets its author Decrypt. An
+# explicit Deny in the role's own policy wins over every Allow of every key policy: this
+# role can ReEncryptTo the approved keys and no other, and can never Decrypt, Encrypt,
+# generate data keys or create grants on any key.
+data "aws_iam_policy_document" "rewrap_operator" {
+  statement {
+    sid           = "DenyReEncryptToUnapprovedKeys"
+    effect        = "Deny"
+    actions       = ["kms:ReEncryptTo"]
+    not_resources = local.rewrap_destination_key_arns
+  }
+
+  statement {
+    sid    = "DenyEveryOtherUseOfAnyKey"
+    effect = "Deny"
+    actions = [
+      "kms:CreateGrant",
+      "kms:Decrypt",
+      "kms:Encrypt",
+      "kms:GenerateDataKey*",
+      "kms:PutKeyPolicy",
+    ]
+    resources = ["*"]
+  }
+
+  # Approved keys outside this account need an identity-policy Allow as well as their own
+  # key policy (cross-account use); keys of this account are governed by their policy.
+  dynamic "statement" {
+    for_each = length(var.rewrap_destination_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReEncryptToApprovedExternalKeys"
+      actions   = ["kms:ReEncryptTo", "kms:DescribeKey"]
+      resources = var.rewrap_destination_key_arns
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "rewrap_operator" {
+  name   = "rewrap-destinations"
+  role   = aws_iam_role.rewrap_operator.id
+  policy = data.aws_iam_policy_document.rewrap_operator.json
 }
 
 # ---------------------------------------------------------------------------------------
@@ -173,9 +271,14 @@ resource "aws_ecs_task_definition" "service" {
       image     = var.container_image
       essential = true
       # The image's CMD: serve --config /etc/token-store/token-store.toml
+      # The API on container_port (the ALB's target), /metrics on metrics_port (scrapers only).
       portMappings = [
         {
           containerPort = var.container_port
+          protocol      = "tcp"
+        },
+        {
+          containerPort = var.metrics_port
           protocol      = "tcp"
         },
       ]
@@ -197,10 +300,45 @@ resource "aws_ecs_task_definition" "service" {
   ])
 }
 
-# One-off: aws ecs run-task --task-definition <name>-rewrap --overrides '{"containerOverrides":
-# [{"name":"token-store","command":["rewrap","--config","/etc/token-store/token-store.toml",
-# "--to-key","<key ARN>"]}]}' ... (README, "Rewrap"). Same image and network as the
-# service, the operator role as task role, only the database secret.
+# One-off: `token-store migrate` as the RDS master user (README, "Database credentials").
+# The only task that can change the schema; it calls no AWS API, so it has no task role.
+resource "aws_ecs_task_definition" "migrate" {
+  family                   = "${var.name}-migrate"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = 256
+  memory                   = 512
+  execution_role_arn       = aws_iam_role.execution.arn
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = var.cpu_architecture
+  }
+
+  container_definitions = jsonencode([
+    {
+      name                   = "token-store"
+      image                  = var.container_image
+      essential              = true
+      command                = ["migrate", "--config", local.container_config_path]
+      environment            = [for k in sort(keys(local.migrate_environment)) : { name = k, value = local.migrate_environment[k] }]
+      secrets                = local.migrate_database_secrets
+      readonlyRootFilesystem = true
+      logConfiguration = {
+        logDriver = "awslogs"
+        options = {
+          awslogs-group         = aws_cloudwatch_log_group.service.name
+          awslogs-region        = local.region
+          awslogs-stream-prefix = "migrate"
+        }
+      }
+    },
+  ])
+}
+
+# One-off: `token-store rewrap` to the key alias/<name> points at (README, "Rewrap"): run it
+# as is after adding a key generation. Same image and network as the service, the operator
+# role as task role, token_store_service's password as of the task's start.
 resource "aws_ecs_task_definition" "rewrap" {
   family                   = "${var.name}-rewrap"
   requires_compatibilities = ["FARGATE"]
@@ -220,9 +358,9 @@ resource "aws_ecs_task_definition" "rewrap" {
       name                   = "token-store"
       image                  = var.container_image
       essential              = true
-      command                = ["rewrap", "--help"]
-      environment            = [for k in sort(keys(local.common_environment)) : { name = k, value = local.common_environment[k] }]
-      secrets                = local.database_secrets
+      command                = ["rewrap", "--config", local.container_config_path, "--to-key", aws_kms_alias.tokens.arn]
+      environment            = [for k in sort(keys(local.rewrap_environment)) : { name = k, value = local.rewrap_environment[k] }]
+      secrets                = local.rewrap_database_secrets
       readonlyRootFilesystem = true
       logConfiguration = {
         logDriver = "awslogs"
@@ -272,9 +410,12 @@ resource "aws_lb_target_group" "this" {
   vpc_id               = var.vpc_id
   deregistration_delay = 30
 
+  # /healthz: the process answers, nothing more. A database failover or a KMS blip must not
+  # make every target unhealthy at once (ECS would replace every task, and the ALB fail open
+  # anyway); /readyz, which asks both, is for operators and the alarms (README, "Health").
   health_check {
     enabled             = true
-    path                = "/readyz"
+    path                = "/healthz"
     protocol            = "HTTP"
     matcher             = "200"
     interval            = 15
@@ -301,15 +442,16 @@ resource "aws_lb_listener" "https" {
 # Service
 
 resource "aws_ecs_service" "this" {
-  name             = var.name
-  cluster          = aws_ecs_cluster.this.id
-  task_definition  = aws_ecs_task_definition.service.arn
+  name            = var.name
+  cluster         = aws_ecs_cluster.this.id
+  task_definition = aws_ecs_task_definition.service.arn
+  # The count at creation; from then on the autoscaling target below owns it.
   desired_count    = var.desired_count
   launch_type      = "FARGATE"
   platform_version = "LATEST"
 
   deployment_minimum_healthy_percent = 100
-  deployment_maximum_percent         = 200
+  deployment_maximum_percent         = local.deployment_maximum_percent
   health_check_grace_period_seconds  = 60
   enable_execute_command             = false
   propagate_tags                     = "SERVICE"
@@ -331,5 +473,50 @@ resource "aws_ecs_service" "this" {
     container_port   = var.container_port
   }
 
-  depends_on = [aws_lb_listener.https, aws_iam_role_policy.execution_secrets]
+  lifecycle {
+    ignore_changes = [desired_count]
+  }
+
+  depends_on = [aws_lb_listener.https, aws_iam_role_policy.execution_secrets, aws_iam_role_policy.task]
+}
+
+# ---------------------------------------------------------------------------------------
+# Autoscaling: target tracking on the service's average CPU, between autoscaling_min_tasks
+# and autoscaling_max_tasks. The plan fails when autoscaling_max_tasks could open more
+# database connections than rds_max_connections (README, "Database connections").
+
+resource "aws_appautoscaling_target" "service" {
+  service_namespace  = "ecs"
+  resource_id        = "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.this.name}"
+  scalable_dimension = "ecs:service:DesiredCount"
+  min_capacity       = var.autoscaling_min_tasks
+  max_capacity       = var.autoscaling_max_tasks
+
+  lifecycle {
+    precondition {
+      condition     = var.autoscaling_min_tasks <= var.autoscaling_max_tasks
+      error_message = "autoscaling_min_tasks (${var.autoscaling_min_tasks}) must not exceed autoscaling_max_tasks (${var.autoscaling_max_tasks})."
+    }
+    precondition {
+      condition     = local.db_connections_needed <= var.rds_max_connections
+      error_message = "Database connection budget exceeded: ${local.db_peak_tasks} tasks at peak (autoscaling_max_tasks ${var.autoscaling_max_tasks} x deployment_maximum_percent ${local.deployment_maximum_percent}%) x ${local.db_connections_per_task} connections per task (db_pool_max_connections + db_lock_pool_connections + db_read_connections) + db_reserved_connections ${var.db_reserved_connections} = ${local.db_connections_needed}, above rds_max_connections ${var.rds_max_connections}. Lower autoscaling_max_tasks or the pool sizes, or take a larger db_instance_class and raise rds_max_connections."
+    }
+  }
+}
+
+resource "aws_appautoscaling_policy" "cpu" {
+  name               = "${var.name}-cpu-target-tracking"
+  policy_type        = "TargetTrackingScaling"
+  service_namespace  = aws_appautoscaling_target.service.service_namespace
+  resource_id        = aws_appautoscaling_target.service.resource_id
+  scalable_dimension = aws_appautoscaling_target.service.scalable_dimension
+
+  target_tracking_scaling_policy_configuration {
+    predefined_metric_specification {
+      predefined_metric_type = "ECSServiceAverageCPUUtilization"
+    }
+    target_value       = var.autoscaling_cpu_target_percent
+    scale_out_cooldown = 60
+    scale_in_cooldown  = 300
+  }
 }

@@ -6,12 +6,17 @@
 # sources below) and from variables. See README.md for every variable and output.
 
 terraform {
+  # check blocks and preconditions: 1.5; the offline tests (mock_provider): 1.7.
   required_version = ">= 1.5"
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = "~> 5.40"
+      source = "hashicorp/aws"
+      # 5.100 is the version the repository is checked against (.terraform.lock.hcl, the
+      # offline mirror); every attribute used here exists in it (rotation_period_in_days
+      # needs >= 5.49, aws_cloudwatch_event_rule.state and
+      # aws_secretsmanager_secret_rotation.rotate_immediately are later still).
+      version = "~> 5.100"
     }
   }
 }
@@ -43,10 +48,6 @@ locals {
 
   account_root_arn = "arn:${local.partition}:iam::${local.account_id}:root"
 
-  # Who administers the token key (never uses it): the account root by default, which
-  # hands administration to IAM policies in this account.
-  key_admin_arns = length(var.kms_key_admin_arns) > 0 ? var.kms_key_admin_arns : [local.account_root_arn]
-
   # The encryption context every token-store KMS call carries (src/crypto): the key policy
   # conditions on `purpose`; `user_id` and `provider` make CloudTrail name whose token it was.
   encryption_context_purpose = "integration-token"
@@ -59,4 +60,24 @@ locals {
 
   trail_name = "${var.name}-kms"
   trail_arn  = "arn:${local.partition}:cloudtrail:${local.region}:${local.account_id}:trail/${local.trail_name}"
+
+  # The database identities. token_store_app is the least-privilege role a migration
+  # creates (NOLOGIN; SELECT/INSERT/UPDATE/DELETE on integration_tokens, nothing else):
+  # the service logs in as token_store_service, a member of it, created once at bootstrap
+  # (README, "Database credentials"), whose password Secrets Manager rotates. The RDS master
+  # user only runs migrations (the migrate task definition).
+  db_app_role     = "token_store_app"
+  db_app_username = "token_store_service"
+
+  # The interface endpoint every token-key call must come through (aws:SourceVpce in the
+  # key policy): the platform's, or the one this module creates (network.tf).
+  kms_vpc_endpoint_id = var.kms_vpc_endpoint_id != null ? var.kms_vpc_endpoint_id : aws_vpc_endpoint.kms[0].id
+
+  # Connection budget (README, "Database connections"): every task may open its three
+  # pools in full, and during a deployment ECS runs up to deployment_maximum_percent of
+  # the tasks at once.
+  deployment_maximum_percent = 200
+  db_connections_per_task    = var.db_pool_max_connections + var.db_lock_pool_connections + var.db_read_connections
+  db_peak_tasks              = ceil(var.autoscaling_max_tasks * local.deployment_maximum_percent / 100)
+  db_connections_needed      = local.db_peak_tasks * local.db_connections_per_task + var.db_reserved_connections
 }

@@ -1,13 +1,23 @@
 # Every output is described in README.md ("Outputs").
 
 output "kms_key_arn" {
-  description = "ARN of the token key (wraps the per-row data keys)."
-  value       = aws_kms_key.tokens.arn
+  description = "ARN of the active token key (the last of token_key_generations; alias/<name> points at it)."
+  value       = local.active_token_key.arn
 }
 
 output "kms_key_id" {
-  description = "Key id of the token key."
-  value       = aws_kms_key.tokens.key_id
+  description = "Key id of the active token key."
+  value       = local.active_token_key.key_id
+}
+
+output "kms_key_arns" {
+  description = "Token key ARN of every generation in token_key_generations (generation => ARN)."
+  value       = { for generation, key in aws_kms_key.tokens : generation => key.arn }
+}
+
+output "kms_vpc_endpoint_id" {
+  description = "The KMS interface endpoint the token keys require (aws:SourceVpce)."
+  value       = local.kms_vpc_endpoint_id
 }
 
 output "kms_alias_arn" {
@@ -46,8 +56,13 @@ output "ecs_service_name" {
 }
 
 output "rewrap_task_definition_arn" {
-  description = "Task definition for `token-store rewrap` under the operator role (run with aws ecs run-task, see README)."
+  description = "Task definition for `token-store rewrap` to alias/<name> under the operator role (run with aws ecs run-task, see README)."
   value       = aws_ecs_task_definition.rewrap.arn
+}
+
+output "migrate_task_definition_arn" {
+  description = "Task definition for `token-store migrate` as the RDS master user (run with aws ecs run-task before each deployment that brings migrations)."
+  value       = aws_ecs_task_definition.migrate.arn
 }
 
 output "task_role_arn" {
@@ -56,7 +71,7 @@ output "task_role_arn" {
 }
 
 output "rewrap_operator_role_arn" {
-  description = "Operator role with ReEncryptFrom/ReEncryptTo on the token key."
+  description = "Operator role with ReEncryptFrom/ReEncryptTo on the token keys (to approved destinations only)."
   value       = aws_iam_role.rewrap_operator.arn
 }
 
@@ -91,8 +106,13 @@ output "db_endpoint" {
 }
 
 output "db_master_user_secret_arn" {
-  description = "Secrets Manager secret RDS keeps the master credentials in (JSON with username and password)."
+  description = "Secrets Manager secret RDS keeps the master credentials in (JSON with username and password); used by the migrate task only."
   value       = aws_db_instance.this.master_user_secret[0].secret_arn
+}
+
+output "db_app_secret_arn" {
+  description = "Secrets Manager secret of the token_store_service credentials (RDS JSON shape; a member of the token_store_app role), read by the service and rotated every db_app_password_rotation_days."
+  value       = aws_secretsmanager_secret.db_app.arn
 }
 
 output "provider_client_secret_arns" {
@@ -131,6 +151,11 @@ output "cloudtrail_event_data_store_arn" {
 }
 
 output "alarm_topic_arn" {
-  description = "SNS topic every alarm notifies; subscribe the on-call to it."
+  description = "SNS topic every alarm and audit event rule notifies (alarm_subscriptions subscribe to it)."
   value       = aws_sns_topic.alarms.arn
+}
+
+output "audit_event_rule_arns" {
+  description = "EventBridge rules that publish trail tampering, key administration and rewrap operator use to the alarm topic."
+  value       = { for name, rule in aws_cloudwatch_event_rule.audit : name => rule.arn }
 }

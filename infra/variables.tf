@@ -36,7 +36,7 @@ variable "vpc_id" {
 }
 
 variable "private_subnet_ids" {
-  description = "Private subnets (at least two AZs) for the internal ALB and the Fargate tasks. They need outbound HTTPS (NAT gateway or VPC endpoints) to KMS, Secrets Manager, ECR, CloudWatch Logs and the OAuth providers."
+  description = "Private subnets (at least two AZs) for the internal ALB, the Fargate tasks, the KMS endpoint and the rotation Lambda. They need outbound HTTPS (NAT gateway or VPC endpoints) to Secrets Manager, ECR, CloudWatch Logs and the OAuth providers; KMS goes through the interface endpoint."
   type        = list(string)
 
   validation {
@@ -127,21 +127,60 @@ variable "task_memory" {
 }
 
 variable "desired_count" {
-  description = "Number of tasks. Use 0 for the first apply, put the secret values, then raise it (see README)."
+  description = "Number of tasks when the service is created; afterwards autoscaling owns the count. Use 0 (with autoscaling_min_tasks = 0) for the first apply (see README, Deploying)."
   type        = number
   default     = 2
+}
+
+variable "metrics_port" {
+  description = "Port of the separate /metrics listener in the task (TOKEN_STORE_SERVER__METRICS_LISTEN); reachable only from metrics_scraper_security_group_ids, never through the ALB."
+  type        = number
+  default     = 9090
+
+  validation {
+    condition     = var.metrics_port >= 1024 && var.metrics_port <= 65535
+    error_message = "metrics_port: 1024-65535 (the image runs as a non-root user)."
+  }
+}
+
+variable "metrics_scraper_security_group_ids" {
+  description = "Security groups of the Prometheus scrapers allowed to reach metrics_port on the tasks."
+  type        = list(string)
+  default     = []
+}
+
+variable "autoscaling_min_tasks" {
+  description = "Fewest tasks autoscaling keeps running."
+  type        = number
+  default     = 2
+}
+
+variable "autoscaling_max_tasks" {
+  description = "Most tasks autoscaling may run; checked against the database connection budget (rds_max_connections)."
+  type        = number
+  default     = 6
+
+  validation {
+    condition     = var.autoscaling_max_tasks >= 1
+    error_message = "autoscaling_max_tasks: at least 1."
+  }
+}
+
+variable "autoscaling_cpu_target_percent" {
+  description = "Average CPU utilisation of the service that target tracking keeps the tasks at (%)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.autoscaling_cpu_target_percent >= 10 && var.autoscaling_cpu_target_percent <= 90
+    error_message = "autoscaling_cpu_target_percent: 10-90."
+  }
 }
 
 variable "log_level" {
   description = "RUST_LOG of the service (tracing EnvFilter syntax)."
   type        = string
   default     = "info"
-}
-
-variable "migrate_on_start" {
-  description = "Run the database migrations when a task starts (TOKEN_STORE_DATABASE__MIGRATE_ON_START). sqlx serialises concurrent runs with an advisory lock."
-  type        = bool
-  default     = true
 }
 
 variable "kms_cache_ttl_seconds" {
@@ -177,10 +216,48 @@ variable "oauth_providers" {
 # ---------------------------------------------------------------------------------------
 # KMS
 
-variable "kms_key_admin_arns" {
-  description = "Principals that administer the token key (policy, rotation, deletion) but may not use it. Empty: the account root, i.e. IAM policies of this account decide."
+variable "kms_key_admin_role_arn" {
+  description = "IAM role that administers the token keys (policy, rotation, aliases, deletion) and cannot use them. AWS requires the principal that creates or changes a key policy to be able to change it again, so Terraform must run as this role (or one that assumes it). Never the account root: that would let any IAM principal allowed kms:PutKeyPolicy give itself Decrypt."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$", var.kms_key_admin_role_arn))
+    error_message = "kms_key_admin_role_arn: an IAM role ARN (arn:aws:iam::<account>:role/<name>), not the account root or a user."
+  }
+}
+
+variable "token_key_generations" {
+  description = "Token key generations, oldest first; one KMS key each. alias/<name> points at the last one; older ones only unwrap until `token-store rewrap` has moved their rows (README, Rewrap). Remove a generation only after rewrap reports 0 remaining: that schedules its deletion."
+  type        = list(string)
+  default     = ["1"]
+
+  validation {
+    condition     = length(var.token_key_generations) >= 1 && length(distinct(var.token_key_generations)) == length(var.token_key_generations) && alltrue([for g in var.token_key_generations : can(regex("^[a-z0-9-]{1,16}$", g))])
+    error_message = "token_key_generations: at least one, distinct, each 1-16 of [a-z0-9-]."
+  }
+}
+
+variable "rewrap_destination_key_arns" {
+  description = "KMS key ARNs outside this module that `token-store rewrap` may move data keys to, besides the token key generations. The rewrap operator role is denied ReEncryptTo on every other key."
   type        = list(string)
   default     = []
+
+  validation {
+    condition     = alltrue([for arn in var.rewrap_destination_key_arns : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", arn))])
+    error_message = "rewrap_destination_key_arns: key ARNs (arn:aws:kms:<region>:<account>:key/<id>), not aliases."
+  }
+}
+
+variable "kms_vpc_endpoint_id" {
+  description = "Existing KMS interface endpoint (vpce-...) in vpc_id, with private DNS, that the tasks use. null: this module creates one. The token keys accept the service's and the operator's calls only through this endpoint (aws:SourceVpce)."
+  type        = string
+  default     = null
+}
+
+variable "create_secretsmanager_vpc_endpoint" {
+  description = "Create a Secrets Manager interface endpoint (private DNS) in the tasks' subnets, for subnets without NAT and without the platform's endpoint. The task role then reads its database secret only through it."
+  type        = bool
+  default     = false
 }
 
 variable "kms_rotation_period_days" {
@@ -251,7 +328,7 @@ variable "db_name" {
 }
 
 variable "db_username" {
-  description = "Master user name; its password is generated and kept by RDS in Secrets Manager."
+  description = "Master user name; its password is generated and kept by RDS in Secrets Manager. Only the migrate task connects as it."
   type        = string
   default     = "token_store"
 }
@@ -266,6 +343,47 @@ variable "db_deletion_protection" {
   description = "Deletion protection on the instance."
   type        = bool
   default     = true
+}
+
+variable "db_app_password_rotation_days" {
+  description = "Days between rotations of the token_store_service password (the service's database login) by Secrets Manager (single-user rotation Lambda)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.db_app_password_rotation_days >= 1 && var.db_app_password_rotation_days <= 365
+    error_message = "db_app_password_rotation_days: 1-365."
+  }
+}
+
+variable "db_pool_max_connections" {
+  description = "Request pool of each task (TOKEN_STORE_DATABASE__MAX_CONNECTIONS)."
+  type        = number
+  default     = 16
+}
+
+variable "db_lock_pool_connections" {
+  description = "Refresh-lock pool of each task (TOKEN_STORE_DATABASE__LOCK_POOL_CONNECTIONS)."
+  type        = number
+  default     = 4
+}
+
+variable "db_read_connections" {
+  description = "Batched-read connections of each task (TOKEN_STORE_DATABASE__READ_CONNECTIONS)."
+  type        = number
+  default     = 1
+}
+
+variable "db_reserved_connections" {
+  description = "Connections kept free for everything but the service: the migrate and rewrap tasks, the rotation Lambda, operators' psql sessions."
+  type        = number
+  default     = 30
+}
+
+variable "rds_max_connections" {
+  description = "Connections the database admits for the service's role: max_connections of db_instance_class minus the superuser-reserved ones. Plan fails when the service could open more (README, Database connections)."
+  type        = number
+  default     = 400
 }
 
 variable "db_iam_authentication" {
@@ -291,12 +409,6 @@ variable "db_sslmode" {
   }
 }
 
-variable "database_url_secret_arn" {
-  description = "Optional Secrets Manager secret holding a complete postgres:// URL (for a dedicated least-privilege database role). null: the service connects as the master user, password injected from the RDS-managed secret."
-  type        = string
-  default     = null
-}
-
 # ---------------------------------------------------------------------------------------
 # Logs and audit
 
@@ -318,6 +430,17 @@ variable "cloudtrail_s3_retention_days" {
   default     = 2557
 }
 
+variable "cloudtrail_object_lock_days" {
+  description = "S3 Object Lock retention (compliance mode) of every trail log file: nobody in the account, root included, can delete or overwrite it for this long, and it cannot be shortened. At most cloudtrail_s3_retention_days."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.cloudtrail_object_lock_days >= 1
+    error_message = "cloudtrail_object_lock_days: at least 1."
+  }
+}
+
 variable "create_cloudtrail_lake" {
   description = "Also create a CloudTrail Lake event data store with the KMS events (SQL without Athena; billed per ingested GB; Lake takes no new customers since 2026-05-31)."
   type        = bool
@@ -332,6 +455,20 @@ variable "cloudtrail_lake_retention_days" {
 
 # ---------------------------------------------------------------------------------------
 # Alarms
+
+variable "alarm_subscriptions" {
+  description = "Subscriptions to the alarm topic, e.g. [{ protocol = \"email\", endpoint = \"oncall@example.com\" }] (email ones must be confirmed by their recipient) or an https/sqs/lambda endpoint."
+  type = list(object({
+    protocol = string
+    endpoint = string
+  }))
+  default = []
+
+  validation {
+    condition     = alltrue([for s in var.alarm_subscriptions : contains(["email", "email-json", "https", "sqs", "lambda", "sms", "firehose"], s.protocol)])
+    error_message = "alarm_subscriptions: protocol is one of email, email-json, https, sqs, lambda, sms, firehose."
+  }
+}
 
 variable "alarm_action_arns" {
   description = "Extra alarm/OK actions (e.g. an existing SNS topic wired to paging), besides the topic this module creates."
@@ -379,6 +516,12 @@ variable "alarm_kms_quota_percent" {
   description = "Alarm when the account's symmetric KMS request rate exceeds this percentage of its quota (AWS/Usage)."
   type        = number
   default     = 80
+}
+
+variable "alarm_database_unavailable" {
+  description = "Alarm when more token operations than this failed with database_unavailable in 5 minutes."
+  type        = number
+  default     = 0
 }
 
 variable "alarm_kms_unavailable" {

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Local KMS for development and tests: LocalStack community 4.9.2 in host mode
-# (no Docker needed), KMS only, bound to 127.0.0.1.
+# (no Docker needed), KMS and Secrets Manager only, bound to 127.0.0.1.
 #
 # Usage: scripts/localstack.sh [start|stop|status|env]
 #   start   (default) install LocalStack into a cached virtualenv if needed,
 #           start it in the background (or reuse one already answering on the
-#           port), wait until KMS is healthy, then run localstack/init_kms.py
+#           port), wait until KMS and Secrets Manager are healthy, then run localstack/init_kms.py
 #           (idempotent: fixed key id + alias/token-store-local).
 #   stop    stop the LocalStack started by this script (pid file), SIGTERM then
 #           SIGKILL after ~10 s.
@@ -78,8 +78,12 @@ except OSError:
     print("down"); sys.exit(0)
 try:
     with urllib.request.urlopen(f"http://{host}:{port}/_localstack/health", timeout=3) as r:
-        state = json.load(r).get("services", {}).get("kms")
-    print("healthy" if state in ("available", "running") else "other")
+        services = json.load(r).get("services", {})
+    states = [services.get(name) for name in ("kms", "secretsmanager")]
+    if "disabled" in states:
+        print("missing")  # a LocalStack started without one of the services we need
+    else:
+        print("healthy" if all(s in ("available", "running") for s in states) else "other")
 except Exception:
     print("other")
 PY
@@ -115,7 +119,7 @@ constraints_hash() { sha256sum "${CONSTRAINTS}" | cut -d' ' -f1; }
 ensure_installed() {
     [[ -f "${CONSTRAINTS}" ]] || die "pin list missing: ${CONSTRAINTS}"
     local want
-    want="localstack-core==${LOCALSTACK_VERSION} constraints-sha256=$(constraints_hash)"
+    want="localstack-core[base-runtime]==${LOCALSTACK_VERSION} moto-ext constraints-sha256=$(constraints_hash)"
     if [[ -f "${MARKER}" && "$(cat "${MARKER}")" == "${want}" && -x "${VENV_DIR}/bin/python" ]]; then
         log "LocalStack ${LOCALSTACK_VERSION} already installed in ${VENV_DIR}"
         return 0
@@ -131,10 +135,11 @@ ensure_installed() {
         || die "could not create a virtualenv with ${py} (on Debian system Python: apt-get install python3-venv)."
     local started=${SECONDS}
     if ! "${VENV_DIR}/bin/python" -m pip install --disable-pip-version-check --quiet \
-            -c "${CONSTRAINTS}" "localstack-core[base-runtime]==${LOCALSTACK_VERSION}"; then
+            -c "${CONSTRAINTS}" "localstack-core[base-runtime]==${LOCALSTACK_VERSION}" moto-ext; then
         die "pip install failed; the virtualenv ${VENV_DIR} is left without its marker and will be rebuilt on the next run."
     fi
-    "${VENV_DIR}/bin/python" -c 'import localstack, boto3' \
+    # moto backs LocalStack's Secrets Manager (not part of base-runtime).
+    "${VENV_DIR}/bin/python" -c 'import localstack, boto3, moto' \
         || die "LocalStack installed but does not import; see the errors above."
     echo "${want}" >"${MARKER}"
     log "installed in $((SECONDS - started)) s"
@@ -170,6 +175,11 @@ cmd_start() {
 
     local state pid
     state="$(probe)"
+    if [[ "${state}" == "missing" ]] && managed_pid >/dev/null; then
+        log "the running LocalStack lacks a service this project needs (KMS, Secrets Manager); restarting it"
+        cmd_stop
+        state="$(probe)"
+    fi
     if [[ "${state}" == "healthy" ]]; then
         if pid="$(managed_pid)"; then
             log "already running and healthy at ${ENDPOINT} (pid ${pid}); reusing it"
@@ -180,12 +190,12 @@ cmd_start() {
         # Ours, but not healthy yet (e.g. still starting): wait for it.
         log "LocalStack (pid ${pid}) is running but not healthy yet; waiting up to ${START_TIMEOUT} s"
         wait_healthy "${pid}"
-    elif [[ "${state}" == "other" ]]; then
-        die "port ${PORT} on ${HOST} is in use by something that is not a healthy LocalStack KMS. Free it, or use another port: LOCALSTACK_PORT=4567 $0 start"
+    elif [[ "${state}" == "other" || "${state}" == "missing" ]]; then
+        die "port ${PORT} on ${HOST} is in use by something that is not a healthy LocalStack with KMS and Secrets Manager. Free it, or use another port: LOCALSTACK_PORT=4567 $0 start"
     else
         mkdir -p "${STATE_DIR}" "${DATA_DIR}"
         rm -f "${PID_FILE}"
-        log "starting LocalStack ${LOCALSTACK_VERSION} (KMS only) on ${ENDPOINT}; log: ${LOG_FILE}"
+        log "starting LocalStack ${LOCALSTACK_VERSION} (KMS and Secrets Manager) on ${ENDPOINT}; log: ${LOG_FILE}"
         local started=${SECONDS}
         {
             echo "===== $(date -u '+%Y-%m-%dT%H:%M:%SZ') starting LocalStack ${LOCALSTACK_VERSION} on ${HOST}:${PORT} ====="
@@ -205,7 +215,7 @@ cmd_start() {
             cd "${DATA_DIR}"
             env \
                 OVERRIDE_IN_DOCKER=0 \
-                SERVICES=kms \
+                SERVICES=kms,secretsmanager \
                 GATEWAY_LISTEN="${HOST}:${PORT}" \
                 GATEWAY_SERVER=hypercorn \
                 SKIP_SSL_CERT_DOWNLOAD=1 \

@@ -46,3 +46,5 @@ fi
 scripts/infra-check.sh  # Terraform in infra/: parses, documented, checkov clean (pinned, cached)
 log "cargo nextest run"
 cargo nextest run --locked --no-fail-fast
+# The contract: schemathesis (pinned) over /openapi.json of the binary nextest just built.
+scripts/contract-test.sh

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// After SIGTERM, how long in-flight requests may take before their connections are
     /// dropped (ms). Below ECS's `stopTimeout` (30 s), after which ECS sends SIGKILL.
     pub shutdown_timeout_ms: u64,
+    /// Serve `/metrics` on this address only, not on `listen`: in AWS the ALB forwards
+    /// `listen`, and metrics are for the scraper alone. Unset: on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +71,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             max_connections: 4_096,
             shutdown_timeout_ms: 20_000,
+            metrics_listen: None,
         }
     }
 }
@@ -147,6 +151,17 @@ pub struct DatabaseConfig {
     /// table lock (a table locked by a migration or an operator) before the same 503.
     #[serde(default = "default_lock_timeout_ms")]
     pub lock_timeout_ms: u64,
+    /// A Secrets Manager secret (ARN or name) with the service's database `username` and
+    /// `password` (the RDS JSON form). They replace the URL's, and the secret is re-read
+    /// every `password_refresh_seconds`, so a rotation needs no restart. Unset: the URL's.
+    #[serde(default)]
+    pub password_secret_arn: Option<String>,
+    #[serde(default = "default_password_refresh_seconds")]
+    pub password_refresh_seconds: u64,
+}
+
+fn default_password_refresh_seconds() -> u64 {
+    60
 }
 
 impl DatabaseConfig {

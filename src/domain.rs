@@ -18,7 +18,8 @@ fn invalid(field: &'static str, rule: &'static str) -> InvalidInput {
     InvalidInput { field, rule }
 }
 
-/// The caller's id for one of its users: 1 to 128 characters of `A-Z a-z 0-9 . _ - @ : +`.
+/// The caller's id for one of its users: 1 to 128 characters of `A-Z a-z 0-9 . _ - @ : +`,
+/// not `.` or `..`, and not shaped like an email address (it is logged by KMS in CloudTrail).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct UserId(String);
 
@@ -42,12 +43,32 @@ impl UserId {
         if raw == "." || raw == ".." {
             return Err(invalid("userId", "must not be . or .."));
         }
+        // The user id travels in plain text in every KMS call's encryption context, so in
+        // CloudTrail: it must be an opaque id, and an email address is personal data.
+        if looks_like_an_email(raw) {
+            return Err(invalid(
+                "userId",
+                "must be an opaque id, not an email address",
+            ));
+        }
         Ok(Self(raw.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `local@domain.tld`: one `@` with text before it, and after it a domain with a dot that
+/// neither starts nor ends it.
+fn looks_like_an_email(raw: &str) -> bool {
+    raw.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && !domain.contains('@')
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+    })
 }
 
 /// A provider name such as `google`: 1 to 32 characters of `a-z 0-9 _ -`, starting with a letter.
@@ -228,7 +249,11 @@ mod tests {
 
     #[test]
     fn user_ids_are_bounded_and_restricted() {
-        assert!(UserId::parse("user-1@example.com").is_ok());
+        assert!(UserId::parse("user-1").is_ok());
+        assert!(UserId::parse("google-oauth2:1234567890").is_ok());
+        assert!(UserId::parse("tenant@42").is_ok());
+        assert!(UserId::parse("user-1@example.com").is_err());
+        assert!(UserId::parse("a.b+c@mail.example.org").is_err());
         assert!(UserId::parse("").is_err());
         assert!(UserId::parse(&"a".repeat(129)).is_err());
         assert!(UserId::parse(&"a".repeat(128)).is_ok());

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod credentials;
 pub mod crypto;
 pub mod domain;
 pub mod http;

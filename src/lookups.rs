@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Histogram;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::postgres::PgConnection;
 use sqlx::{Connection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
@@ -70,7 +70,7 @@ pub struct Lookups {
 }
 
 impl Lookups {
-    /// Starts `connections` reading tasks, connecting (lazily) as `pool` does.
+    /// Starts `connections` reading tasks, connecting (lazily) as `pool` does at the time.
     pub fn start(
         pool: &PgPool,
         connections: usize,
@@ -79,13 +79,10 @@ impl Lookups {
     ) -> Self {
         let (queue, receiver) = mpsc::channel(connections.max(1) * MAX_BATCH * 4);
         let receiver = Arc::new(Mutex::new(receiver));
-        let options = (*pool.connect_options())
-            .clone()
-            .application_name(APPLICATION_NAME);
         for _ in 0..connections.max(1) {
             tokio::spawn(read_loop(
                 receiver.clone(),
-                options.clone(),
+                pool.clone(),
                 connect_timeout,
                 metrics.lookup_batch_size.clone(),
             ));
@@ -112,7 +109,7 @@ impl Lookups {
 /// One reading connection: takes what is queued, answers it with one statement, again.
 async fn read_loop(
     queue: Arc<Mutex<mpsc::Receiver<Lookup>>>,
-    options: PgConnectOptions,
+    pool: PgPool,
     connect_timeout: Duration,
     batch_size: Histogram,
 ) {
@@ -142,7 +139,7 @@ async fn read_loop(
             continue;
         }
         batch_size.observe(batch.len() as f64);
-        match look_up(&mut connection, &options, connect_timeout, &batch).await {
+        match look_up(&mut connection, &pool, connect_timeout, &batch).await {
             Ok(rows) => {
                 for lookup in batch.drain(..) {
                     let row = rows
@@ -166,7 +163,7 @@ async fn read_loop(
 /// a connection used before is tried once more on a new one.
 async fn look_up(
     connection: &mut Option<PgConnection>,
-    options: &PgConnectOptions,
+    pool: &PgPool,
     connect_timeout: Duration,
     batch: &[Lookup],
 ) -> Result<Vec<TokenRow>, LookupError> {
@@ -184,7 +181,11 @@ async fn look_up(
             }
         }
     }
-    let connected = tokio::time::timeout(connect_timeout, PgConnection::connect_with(options))
+    // The pool's options as they are now: the credentials may have been rotated since.
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(APPLICATION_NAME);
+    let connected = tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options))
         .await
         .map_err(|_| LookupError::ConnectTimeout)?
         .map_err(|e| LookupError::Database(Arc::new(e)))?;

@@ -94,7 +94,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             telemetry::init(config.server.log_format);
-            let db = startup::connect(&config.database).await?;
+            let db = startup::connect(&config.database, None).await?;
             let envelope = Envelope::new(
                 startup::kms_client(&config.kms).await,
                 to_key.clone(),

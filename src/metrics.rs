@@ -20,6 +20,7 @@ pub struct Metrics {
     pub provider_latency: HistogramVec,
     pub lock_wait: HistogramVec,
     pub revocations: IntCounterVec,
+    pub auth_failures: IntCounterVec,
     pub lookup_batch_size: Histogram,
     pub http_connections: IntGauge,
 }
@@ -109,6 +110,11 @@ impl Metrics {
                 "revocations_total",
                 "Revocations at the provider by provider and outcome",
                 &["provider", "outcome"],
+            ),
+            auth_failures: counter_vec(
+                "auth_failures_total",
+                "Requests refused 401 by reason (missing, malformed, unknown_key)",
+                &["reason"],
             ),
             http_connections: {
                 let g = IntGauge::new(

@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use futures::FutureExt;
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -16,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Authenticator;
 use crate::config::{Config, DatabaseConfig, KmsConfig, ServerLimits};
+use crate::credentials::{CredentialSource, DbCredentials};
 use crate::crypto::{CacheSettings, Envelope};
 use crate::http::{self, AppState, Services};
 use crate::lookups::Lookups;
@@ -31,6 +33,7 @@ pub struct Application {
     local_addr: SocketAddr,
     state: AppState,
     limits: ServerLimits,
+    metrics_listener: Option<TcpListener>,
 }
 
 impl Application {
@@ -57,8 +60,28 @@ impl Application {
                 .context("running migrations")?;
             migrations.close().await;
         }
-        let db = connect(&config.database).await?;
-        let lock_pool = connect_lock_pool(&config.database, refresh_settings.lock_timeout)?;
+        let credentials = match &config.database.password_secret_arn {
+            Some(secret) => {
+                let source = CredentialSource::new(
+                    aws_sdk_secretsmanager::Client::new(&aws_sdk_config(&config.kms).await),
+                    secret.clone(),
+                );
+                let current = source.fetch().await?;
+                Some((source, current))
+            }
+            None => None,
+        };
+        let current = credentials.as_ref().map(|(_, current)| current);
+        let db = connect(&config.database, current).await?;
+        let lock_pool =
+            connect_lock_pool(&config.database, refresh_settings.lock_timeout, current)?;
+        if let Some((source, current)) = credentials {
+            tokio::spawn(source.keep_fresh(
+                current,
+                vec![db.clone(), lock_pool.clone()],
+                Duration::from_secs(config.database.password_refresh_seconds.max(1)),
+            ));
+        }
         let envelope = Envelope::new(
             kms_client(&config.kms).await,
             key_id,
@@ -89,11 +112,19 @@ impl Application {
             providers,
             auth: Authenticator::new(clients),
             metrics,
+            failed_auth: Default::default(),
         });
+        let metrics_listener = match config.server.metrics_listen {
+            Some(address) => {
+                Some(http::bind(address).with_context(|| format!("binding {address} (metrics)"))?)
+            }
+            None => None,
+        };
         let router = http::app(
             state.clone(),
             config.server.body_limit_bytes,
             limits.request_timeout,
+            metrics_listener.is_none(),
         );
         let listener = http::bind(config.server.listen)
             .with_context(|| format!("binding {}", config.server.listen))?;
@@ -104,7 +135,15 @@ impl Application {
             local_addr,
             state,
             limits,
+            metrics_listener,
         })
+    }
+
+    /// Where `/metrics` is served when `[server] metrics_listen` sets its own address.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -131,14 +170,29 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(address = %self.local_addr, "listening");
+        let shutdown = shutdown.boxed().shared();
+        let connections = self.state.metrics.http_connections.clone();
+        let metrics = self.metrics_listener.map(|listener| {
+            tracing::info!(address = ?listener.local_addr().ok(), "serving metrics");
+            tokio::spawn(http::serve(
+                listener,
+                http::metrics_app(self.state.clone()),
+                self.limits,
+                connections.clone(),
+                shutdown.clone(),
+            ))
+        });
         http::serve(
             self.listener,
             self.router,
             self.limits,
-            self.state.metrics.http_connections.clone(),
+            connections,
             shutdown,
         )
         .await;
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
+        }
         self.state.vault.db().close().await;
         tracing::info!("stopped");
         Ok(())
@@ -154,9 +208,16 @@ pub const LOCK_APPLICATION_NAME: &str = "token-store-locks";
 /// service at start rather than at its first request. Its sessions (and the read path's,
 /// which copy its options) carry `statement_timeout` and `lock_timeout`: a stuck database
 /// gives errors (503 `database_unavailable`), not hung requests.
-pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
-    let options = limited(session_options(config)?, config.statement_timeout(), config)?
-        .application_name(APPLICATION_NAME);
+pub async fn connect(
+    config: &DatabaseConfig,
+    credentials: Option<&DbCredentials>,
+) -> anyhow::Result<PgPool> {
+    let options = limited(
+        session_options(config, credentials)?,
+        config.statement_timeout(),
+        config,
+    )?
+    .application_name(APPLICATION_NAME);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
@@ -168,10 +229,18 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
 /// The pool that holds refresh locks. Lazy: it connects at the first refresh. A statement
 /// there may wait for the pair's advisory lock for up to `lock_wait` (bounded by the lock
 /// itself), so its `statement_timeout` is that plus the usual one.
-fn connect_lock_pool(config: &DatabaseConfig, lock_wait: Duration) -> anyhow::Result<PgPool> {
+fn connect_lock_pool(
+    config: &DatabaseConfig,
+    lock_wait: Duration,
+    credentials: Option<&DbCredentials>,
+) -> anyhow::Result<PgPool> {
     let statement_timeout = lock_wait + config.statement_timeout();
-    let options = limited(session_options(config)?, statement_timeout, config)?
-        .application_name(LOCK_APPLICATION_NAME);
+    let options = limited(
+        session_options(config, credentials)?,
+        statement_timeout,
+        config,
+    )?
+    .application_name(LOCK_APPLICATION_NAME);
     Ok(PgPoolOptions::new()
         .max_connections(config.lock_pool_connections)
         .acquire_timeout(lock_wait)
@@ -184,14 +253,25 @@ pub async fn connect_for_migrations(config: &DatabaseConfig) -> anyhow::Result<P
     PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-        .connect_with(session_options(config)?.application_name("token-store-migrate"))
+        .connect_with(session_options(config, None)?.application_name("token-store-migrate"))
         .await
         .context("connecting to PostgreSQL")
 }
 
-fn session_options(config: &DatabaseConfig) -> anyhow::Result<PgConnectOptions> {
-    PgConnectOptions::from_str(config.url.expose_secret())
-        .context("database.url is not a valid PostgreSQL URL")
+/// The URL's options, with `credentials` (from the secret) instead of its user and
+/// password if given.
+fn session_options(
+    config: &DatabaseConfig,
+    credentials: Option<&DbCredentials>,
+) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(config.url.expose_secret())
+        .context("database.url is not a valid PostgreSQL URL")?;
+    Ok(match credentials {
+        Some(c) => options
+            .username(&c.username)
+            .password(c.password.expose_secret()),
+        None => options,
+    })
 }
 
 fn limited(
@@ -209,11 +289,11 @@ fn limited(
     ]))
 }
 
-/// A KMS client from the standard AWS chain (credentials, region, `AWS_ENDPOINT_URL`),
-/// with short timeouts so that an unreachable KMS answers 503 quickly rather than hanging.
-pub async fn kms_client(config: &KmsConfig) -> aws_sdk_kms::Client {
+/// The standard AWS chain (credentials, region, `AWS_ENDPOINT_URL`) with short timeouts,
+/// so that an unreachable AWS service answers 503 quickly rather than hanging.
+async fn aws_sdk_config(config: &KmsConfig) -> aws_config::SdkConfig {
     let total = Duration::from_millis(config.timeout_ms);
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
+    aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_millis(500).min(total))
@@ -223,7 +303,12 @@ pub async fn kms_client(config: &KmsConfig) -> aws_sdk_kms::Client {
         )
         .retry_config(RetryConfig::standard().with_max_attempts(2))
         .load()
-        .await;
+        .await
+}
+
+/// A KMS client from the standard AWS chain, `[kms] endpoint_url` overriding its endpoint.
+pub async fn kms_client(config: &KmsConfig) -> aws_sdk_kms::Client {
+    let sdk = aws_sdk_config(config).await;
     let mut builder = aws_sdk_kms::config::Builder::from(&sdk);
     if let Some(url) = &config.endpoint_url {
         builder = builder.endpoint_url(url);

@@ -5,11 +5,14 @@
 //! carries the request id), so log pipelines can route them apart.
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use super::error::ApiError;
 use super::extract::{Caller, TokenPath, UserPath};
 use crate::auth::Permission;
 use crate::domain::{InvalidInput, ProviderName, UserId};
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Event {
@@ -98,4 +101,77 @@ where
         "audit"
     );
     result
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// Not `Bearer <key>`.
+    Malformed,
+    /// A key no client has.
+    UnknownKey,
+}
+
+impl AuthFailure {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+        }
+    }
+}
+
+/// Most `auth.failed` audit events written per second; the rest are counted, and the next
+/// event written says how many were left out. `token_store_auth_failures_total` counts all.
+const AUTH_FAILURE_EVENTS_PER_SECOND: u32 = 10;
+
+/// Audit events of failed authentications, rate-limited: a flood of guesses must not
+/// become a flood of log lines.
+#[derive(Default)]
+pub struct FailedAuthentications {
+    window: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    started: Option<Instant>,
+    written: u32,
+    left_out: u64,
+}
+
+impl FailedAuthentications {
+    pub fn record(&self, metrics: &Metrics, failure: AuthFailure) {
+        metrics
+            .auth_failures
+            .with_label_values(&[failure.as_str()])
+            .inc();
+        let left_out = {
+            let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if window
+                .started
+                .is_none_or(|started| now.duration_since(started) >= Duration::from_secs(1))
+            {
+                window.started = Some(now);
+                window.written = 0;
+            }
+            if window.written >= AUTH_FAILURE_EVENTS_PER_SECOND {
+                window.left_out += 1;
+                return;
+            }
+            window.written += 1;
+            std::mem::take(&mut window.left_out)
+        };
+        tracing::info!(
+            target: "token_store::audit",
+            event = "auth.failed",
+            reason = failure.as_str(),
+            outcome = "unauthorized",
+            left_out,
+            "audit"
+        );
+    }
 }

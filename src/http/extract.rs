@@ -1,35 +1,76 @@
 //! Extractors that reject with our problem+json instead of axum's plain text.
 
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::audit::AuthFailure;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Client, Permission};
 use crate::domain::{InvalidInput, ProviderName, UserId};
 
-/// `axum::Json` with our rejection.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// A JSON object body (`axum::Json` with our rejection).
 pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(Object(value)) = axum::Json::<Object<T>>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `T`, read only from a JSON object: serde would also fill a struct from an array of
+/// its fields in order (`[null, null]`), which no caller means and the contract forbids.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Visit<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+
+        deserializer.deserialize_map(Visit(PhantomData)).map(Object)
+    }
+}
 
 /// The path parameters of one grant, as sent and as the contract describes them.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantParams {
-    /// The caller's id for one of its users: 1 to 128 of `A-Z a-z 0-9 . _ - @ : +`, and not
-    /// `.` or `..`.
+    /// The caller's id for one of its users: 1 to 128 of `A-Z a-z 0-9 . _ - @ : +`, not `.`
+    /// or `..`, and not an email address (`local@domain.tld`): it is written in plain text
+    /// to CloudTrail with every KMS call, so it must be an opaque id.
     #[param(
         min_length = 1,
         max_length = 128,
-        pattern = r"^(?!\.\.?$)[A-Za-z0-9._@:+-]{1,128}$",
+        pattern = r"^(?!\.\.?$)(?![^@]+@[^@.][^@]*[.][^@]*[^@.]$)[A-Za-z0-9._@:+-]{1,128}$",
         example = "user-42"
     )]
     user_id: String,
@@ -53,7 +94,7 @@ pub struct UserParams {
     #[param(
         min_length = 1,
         max_length = 128,
-        pattern = r"^(?!\.\.?$)[A-Za-z0-9._@:+-]{1,128}$",
+        pattern = r"^(?!\.\.?$)(?![^@]+@[^@.][^@]*[.][^@]*[^@.]$)[A-Za-z0-9._@:+-]{1,128}$",
         example = "user-42"
     )]
     user_id: String,
@@ -133,22 +174,31 @@ impl FromRequestParts<AppState> for Caller {
                     "more than one Authorization header",
                 ));
             }
-            return Err(ApiError::Unauthorized);
+            return Err(refused(state, AuthFailure::Missing));
         };
-        let header = header.to_str().map_err(|_| ApiError::Unauthorized)?;
-        let (scheme, key) = header.split_once(' ').ok_or(ApiError::Unauthorized)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(ApiError::Unauthorized);
+        let key = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
+        let Some(key) = key else {
+            return Err(refused(state, AuthFailure::Malformed));
+        };
+        match state.auth.authenticate(key) {
+            Some(client) => Ok(Self(client)),
+            None => Err(refused(state, AuthFailure::UnknownKey)),
         }
-        let client = state
-            .auth
-            .authenticate(key.trim())
-            .ok_or(ApiError::Unauthorized)?;
-        Ok(Self(client))
     }
 }
 
-/// A JSON body that may be absent altogether (an empty body is `None`).
+/// A 401, counted and audited (rate-limited) so that guessing keys is visible.
+fn refused(state: &AppState, failure: AuthFailure) -> ApiError {
+    state.failed_auth.record(&state.metrics, failure);
+    ApiError::Unauthorized
+}
+
+/// A JSON body that may be absent altogether (an empty body or `null` is `None`).
 pub struct OptionalJson<T>(pub Option<T>);
 
 impl<T, S> FromRequest<S> for OptionalJson<T>
@@ -168,7 +218,8 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(None));
         }
-        let axum::Json(value) = axum::Json::<T>::from_bytes(&bytes)?;
-        Ok(Self(Some(value)))
+        // A JSON `null` is no body too.
+        let axum::Json(value) = axum::Json::<Option<Object<T>>>::from_bytes(&bytes)?;
+        Ok(Self(value.map(|Object(value)| value)))
     }
 }

@@ -47,12 +47,38 @@ pub struct StoreTokenBody {
     /// As `accessToken`. Without one, the grant cannot be refreshed.
     #[schema(min_length = 1, max_length = 16384, pattern = r"^[\x20-\x7E]+$")]
     refresh_token: Option<String>,
-    /// When the access token expires, in milliseconds since the Unix epoch.
-    #[schema(minimum = 1, maximum = 8_210_298_412_799_999_i64)]
+    /// When the access token expires, in milliseconds since the Unix epoch (at most the
+    /// end of year 262142, the latest time the service represents).
+    #[schema(minimum = 1, maximum = 8_210_266_876_799_999_i64)]
+    #[serde(deserialize_with = "whole_number")]
     expires_at: i64,
     /// The granted scopes (RFC 6749 scope tokens); duplicates are dropped.
     #[schema(max_items = 100)]
     scopes: Vec<ScopeString>,
+}
+
+/// [`whole_number`], or `null`.
+fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
+    Ok(Option::<Whole>::deserialize(deserializer)?.map(|Whole(n)| n))
+}
+
+/// An integer, also when written with a zero fraction (`3600.0`): JSON Schema, and so the
+/// contract, counts that as an integer, and JavaScript callers may send one.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .ok_or_else(|| serde::de::Error::custom("expected a whole number"))
 }
 
 /// One RFC 6749 scope token, as sent (parsed into a `Scope` by the handler).
@@ -168,7 +194,8 @@ pub struct AccessTokenBody {
     /// The token must stay valid at least this long (refreshed first if not); the
     /// service's refresh buffer applies if it is longer.
     #[schema(minimum = 0, maximum = 86400)]
-    min_validity_seconds: Option<u32>,
+    #[serde(default, deserialize_with = "optional_whole_number")]
+    min_validity_seconds: Option<i64>,
 }
 
 /// An access token valid now.
@@ -206,7 +233,7 @@ impl From<AccessGrant> for AccessTokenResponse {
 }
 
 /// Longest validity a caller may ask for: a day.
-const MAX_MIN_VALIDITY_SECONDS: u32 = 24 * 3600;
+const MAX_MIN_VALIDITY_SECONDS: i64 = 24 * 3600;
 
 /// An access token valid now, refreshed first (exactly once across replicas) if it
 /// expires within the refresh buffer or `minValiditySeconds`. While the provider fails
@@ -247,13 +274,13 @@ async fn access_token(
             let body = body.unwrap_or_default();
             let scopes = Scope::parse_list(body.scopes.as_deref().unwrap_or_default())?;
             let min_validity = match body.min_validity_seconds {
-                Some(s) if s > MAX_MIN_VALIDITY_SECONDS => {
+                Some(s) if !(0..=MAX_MIN_VALIDITY_SECONDS).contains(&s) => {
                     return Err(ApiError::invalid(
                         StatusCode::UNPROCESSABLE_ENTITY,
-                        "minValiditySeconds must be at most 86400",
+                        "minValiditySeconds must be 0 to 86400",
                     ))
                 }
-                s => s.map(|s| Duration::from_secs(s.into())),
+                s => s.map(|s| Duration::from_secs(s.unsigned_abs())),
             };
             let grant = state
                 .refresher

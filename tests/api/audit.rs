@@ -99,3 +99,49 @@ async fn every_token_operation_leaves_one_audit_event() {
     }
     assert!(!logs.contains(&provider.access_token(1)));
 }
+
+#[tokio::test]
+async fn failed_authentications_are_audited_rate_limited_and_all_counted() {
+    let app = TestApp::spawn().await;
+    let guess = "guessed-key-0123456789";
+    let url = app.token_url("alice", "google");
+    let started = std::time::Instant::now();
+    let sends = (0..30).map(|_| app.http.get(&url).bearer_auth(guess).send());
+    for response in futures::future::join_all(sends).await {
+        assert_eq!(response.unwrap().status(), 401);
+    }
+    let windows = started.elapsed().as_secs() as usize + 2;
+    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 401);
+
+    let failed: Vec<Value> = audit_events()
+        .into_iter()
+        .filter(|e| e["event"] == "auth.failed")
+        .collect();
+    let unknown = failed
+        .iter()
+        .filter(|e| e["reason"] == "unknown_key")
+        .count();
+    // At most 10 a second are written: 30 guesses within a second or two write 10 to 20.
+    assert!(
+        unknown >= 10 && unknown <= (10 * windows).min(30),
+        "{unknown} events for 30 guesses in {windows} windows"
+    );
+    assert!(failed.iter().all(|e| e["outcome"] == "unauthorized"));
+    assert_eq!(
+        app.metric("token_store_auth_failures_total", &[("reason", "missing")])
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric(
+            "token_store_auth_failures_total",
+            &[("reason", "unknown_key")]
+        )
+        .await,
+        30.0
+    );
+    assert!(
+        !captured_logs().contains(guess),
+        "the guessed key was logged"
+    );
+}

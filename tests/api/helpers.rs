@@ -151,6 +151,8 @@ pub fn config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Config {
             read_connections: 1,
             statement_timeout_ms: 5_000,
             lock_timeout_ms: 2_000,
+            password_secret_arn: None,
+            password_refresh_seconds: 60,
         },
         kms: KmsConfig {
             key_id: Some(key_id.to_owned()),
@@ -173,6 +175,8 @@ pub fn config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Config {
 
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is served when `[server] metrics_listen` is set.
+    pub metrics_address: Option<String>,
     pub database_url: String,
     pub key_id: String,
     pub db: PgPool,
@@ -226,12 +230,14 @@ impl TestApp {
         let key_id = config.kms.key_id.clone().unwrap();
         let app = Application::build(config).await.expect("building the app");
         let address = format!("http://{}", app.local_addr());
+        let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(app.run_until(async {
             let _ = stopped.await;
         }));
         Self {
             address,
+            metrics_address,
             db: PgPool::connect(&database_url).await.unwrap(),
             database_url,
             key_id,

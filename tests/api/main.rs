@@ -8,6 +8,7 @@ mod binary;
 mod cache;
 mod connections;
 mod contract;
+mod credentials;
 mod encryption;
 mod faults;
 mod helpers;

@@ -222,3 +222,106 @@ async fn provider_names_and_methods_of_callers_never_become_metric_labels() {
     );
     assert_eq!(refreshes, json!(10.0));
 }
+
+#[tokio::test]
+async fn with_a_metrics_listener_metrics_are_served_there_only() {
+    let mut config = TestApp::spawn().await.config();
+    config.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let app = TestApp::spawn_with(config).await;
+    let main = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(main, 404, "invalid_request").await;
+    let metrics = app.metrics_address.as_deref().expect("a metrics listener");
+    let scraped = app
+        .http
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(scraped.status(), 200);
+    assert!(scraped
+        .text()
+        .await
+        .unwrap()
+        .contains("token_store_http_requests_total"));
+    let other = app
+        .http
+        .get(format!("{metrics}/v1/users/alice/tokens/google"))
+        .bearer_auth(FULL_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "the metrics listener serves nothing else"
+    );
+}
+
+#[tokio::test]
+async fn what_the_contract_calls_valid_is_accepted() {
+    let app = TestApp::spawn().await;
+    // JSON Schema counts 1.0 as an integer, and a JavaScript caller may send one.
+    let mut body = token_body("whole");
+    let expires = body["expiresAt"].as_i64().unwrap();
+    body["expiresAt"] = json!(expires as f64);
+    assert_eq!(app.put_token("alice", "google", &body).await.status(), 204);
+    let read: Value = app
+        .get_token("alice", "google", FULL_KEY)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["expiresAt"], json!(expires));
+    body["expiresAt"] = json!(expires as f64 + 0.5);
+    let fraction = app.put_token("alice", "google", &body).await;
+    assert_problem(fraction, 422, "invalid_request").await;
+    // The contract's largest expiresAt is stored.
+    body["expiresAt"] = json!(8_210_266_876_799_999_i64);
+    assert_eq!(app.put_token("alice", "google", &body).await.status(), 204);
+    body["expiresAt"] = json!(8_210_266_876_800_000_i64);
+    let beyond = app.put_token("alice", "google", &body).await;
+    assert_problem(beyond, 422, "invalid_request").await;
+    // An access-token body of `null` is no body.
+    let access = app
+        .http
+        .post(format!("{}/access-token", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(access.status(), 200);
+}
+
+#[tokio::test]
+async fn bodies_must_be_json_objects() {
+    let app = TestApp::spawn().await;
+    app.put_token("alice", "google", &token_body("object"))
+        .await;
+    let access = app
+        .http
+        .post(format!("{}/access-token", app.token_url("alice", "google")))
+        .bearer_auth(FULL_KEY)
+        .header("content-type", "application/json")
+        .body("[null, null]")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(access, 422, "invalid_request").await;
+    let body = token_body("array");
+    let as_array = json!([
+        body["accessToken"],
+        body["refreshToken"],
+        body["expiresAt"],
+        body["scopes"]
+    ]);
+    let put = app.put_token("bob", "google", &as_array).await;
+    assert_problem(put, 422, "invalid_request").await;
+    assert_eq!(app.row_count().await, 1);
+}
