@@ -48,3 +48,5 @@ log "cargo nextest run"
 cargo nextest run --locked --no-fail-fast
 # The contract: schemathesis (pinned) over /openapi.json of the binary nextest just built.
 scripts/contract-test.sh
+# The TypeScript client (clients/typescript) against the real service, after `npm ci`.
+scripts/ts-client-test.sh

@@ -391,16 +391,15 @@ impl Inner {
                     return Ok(None);
                 }
                 tracing::warn!(error = %err, cooldown_s = cooldown.as_secs(), "refresh failed");
-                match err {
-                    ProviderError::Unexpected { .. } => {
-                        self.count(&key.provider, "error");
-                        Err(RefreshError::unexpected(err))
-                    }
-                    _ => {
-                        self.count(&key.provider, "transient");
-                        self.serve_or_unavailable(&row, until).await.map(Some)
-                    }
-                }
+                // An answer the service cannot use (malformed, or an OAuth error it does
+                // not know) is the provider's failure, not the caller's and not ours: like
+                // an outage, the current token is served while it lasts, else 503.
+                let outcome = match err {
+                    ProviderError::Unexpected { .. } => "error",
+                    _ => "transient",
+                };
+                self.count(&key.provider, outcome);
+                self.serve_or_unavailable(&row, until).await.map(Some)
             }
         }
     }

@@ -123,7 +123,7 @@ fn common_responses() -> Vec<(&'static str, RefOr<utoipa::openapi::Response>)> {
                 .header(
                     "WWW-Authenticate",
                     HeaderBuilder::new()
-                        .schema(ObjectBuilder::new().schema_type(Type::String))
+                        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
                         .description(Some("`Bearer`"))
                         .build(),
                 )
@@ -154,7 +154,7 @@ fn common_responses() -> Vec<(&'static str, RefOr<utoipa::openapi::Response>)> {
                 .header(
                     "Retry-After",
                     HeaderBuilder::new()
-                        .schema(integer())
+                        .schema(Some(integer()))
                         .description(Some("Seconds to wait before retrying"))
                         .build(),
                 )

@@ -283,3 +283,35 @@ async fn pins_current_behaviour_invalid_client_marks_the_grant_reauthorization_r
 async fn pins_current_behaviour_unauthorized_client_marks_the_grant_reauthorization_required() {
     pins_current_behaviour_for("unauthorized_client").await;
 }
+
+#[tokio::test]
+async fn an_answer_the_service_cannot_use_is_the_providers_failure_not_a_500() {
+    let provider = FakeProvider::start().await;
+    // 200 without an access token, and an OAuth error code the service does not know.
+    provider.set_mode_for(
+        "no-token",
+        Mode::json(200, &json!({"token_type": "Bearer"})),
+    );
+    provider.set_mode_for(
+        "odd-error",
+        Mode::json(400, &json!({"error": "invalid_scope"})),
+    );
+    let app = TestApp::spawn_with_provider(&provider).await;
+    for tag in ["no-token", "odd-error"] {
+        let valid = expiring_body(tag);
+        app.put_token(&format!("valid-{tag}"), "google", &valid)
+            .await;
+        app.put_token(&format!("expired-{tag}"), "google", &expired_body(tag))
+            .await;
+
+        let served = access_token(&app, &format!("valid-{tag}")).await;
+        assert_eq!(served.status(), 200, "{tag}");
+        assert_eq!(
+            served.json::<Value>().await.unwrap()["accessToken"],
+            valid["accessToken"]
+        );
+        let unavailable = access_token(&app, &format!("expired-{tag}")).await;
+        assert!(unavailable.headers().contains_key("retry-after"), "{tag}");
+        assert_problem(unavailable, 503, "provider_unavailable").await;
+    }
+}

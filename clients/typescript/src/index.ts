@@ -1,0 +1,5 @@
+export * from "./errors.js"
+export * from "./schemas.js"
+export * from "./TokenStoreClient.js"
+export * from "./IntegrationTokenStore.js"
+export * from "./getValidToken.js"
