@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Router;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -67,21 +67,15 @@ impl std::ops::Deref for AppState {
 
 /// `request_timeout` bounds each request, reading its body included (503 `request_timeout`).
 /// `metrics_here`: `/metrics` is served by this router (else by [`metrics_app`] on its own
-/// listener, and this router answers it 404).
+/// listener, and this router has no such route: 404).
 pub fn app(
     state: AppState,
     body_limit_bytes: usize,
     request_timeout: Duration,
     metrics_here: bool,
 ) -> Router {
-    let routes = Router::from(openapi::routes());
-    let routes = if metrics_here {
-        routes
-    } else {
-        routes.layer(middleware::from_fn(hide_metrics))
-    };
     Router::new()
-        .merge(routes)
+        .merge(openapi::routes(metrics_here))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit_bytes))
@@ -145,18 +139,9 @@ impl MakeRequestId for RandomRequestId {
 
 /// `/metrics` alone, for its own listener.
 pub fn metrics_app(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", axum::routing::get(health::metrics))
+    Router::from(health::metrics_router())
         .fallback(not_found)
         .with_state(state)
-}
-
-/// On the main listener when metrics have their own: `/metrics` is a route no one has.
-async fn hide_metrics(request: Request, next: Next) -> Response {
-    if request.uri().path() == "/metrics" {
-        return not_found().await.into_response();
-    }
-    next.run(request).await
 }
 
 /// A path no route has: problem+json like every other error.

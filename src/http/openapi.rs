@@ -12,16 +12,22 @@ use utoipa_axum::router::OpenApiRouter;
 
 use super::AppState;
 
-/// Every route with its part of the document.
-pub(super) fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
+/// Every route with its part of the document; `/metrics` only `with_metrics` (else it is
+/// served on a listener of its own).
+pub(super) fn routes(with_metrics: bool) -> OpenApiRouter<AppState> {
+    let routes = OpenApiRouter::new()
         .merge(super::tokens::router())
-        .merge(super::health::router())
+        .merge(super::health::router());
+    if with_metrics {
+        routes.merge(super::health::metrics_router())
+    } else {
+        routes
+    }
 }
 
 /// The whole document.
 pub fn document() -> OpenApi {
-    let (_, paths) = routes().split_for_parts();
+    let (_, paths) = routes(true).split_for_parts();
     finish(paths)
 }
 

@@ -40,13 +40,7 @@ async fn a_locked_table_gives_503_database_unavailable_in_bounded_time_and_readi
     assert_problem(read, 503, "database_unavailable").await;
     let write = app.put_token("bob", "google", &token_body("b")).await;
     assert_problem(write, 503, "database_unavailable").await;
-    let access = app
-        .http
-        .post(format!("{}/access-token", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let access = app.access_token("alice", "google").await;
     assert_problem(access, 503, "database_unavailable").await;
 
     let probed = Instant::now();
@@ -201,13 +195,7 @@ async fn the_lock_pool_connects_only_when_a_refresh_needs_it() {
     app.put_token("alice", "google", &token_body("lazy")).await;
     app.get_token("alice", "google", FULL_KEY).await;
     assert_eq!(lock_sessions().await, 0);
-    let refreshed = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let refreshed = app.force_refresh("alice", "google").await;
     assert_eq!(refreshed.status(), 200);
     assert_eq!(lock_sessions().await, 1);
 }

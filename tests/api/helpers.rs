@@ -279,6 +279,27 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST .../access-token` without a body, with every permission.
+    pub async fn access_token(&self, user: &str, provider: &str) -> reqwest::Response {
+        self.post_full(&format!("{}/access-token", self.token_url(user, provider)))
+            .await
+    }
+
+    /// `POST .../refresh`, with every permission.
+    pub async fn force_refresh(&self, user: &str, provider: &str) -> reqwest::Response {
+        self.post_full(&format!("{}/refresh", self.token_url(user, provider)))
+            .await
+    }
+
+    async fn post_full(&self, url: &str) -> reqwest::Response {
+        self.http
+            .post(url)
+            .bearer_auth(FULL_KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_token(&self, user: &str, provider: &str, key: &str) -> reqwest::Response {
         self.http
             .get(self.token_url(user, provider))

@@ -21,24 +21,6 @@ fn expiring_body(tag: &str) -> Value {
     body
 }
 
-async fn access_token(app: &TestApp, user: &str) -> reqwest::Response {
-    app.http
-        .post(format!("{}/access-token", app.token_url(user, "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn force_refresh(app: &TestApp, user: &str) -> reqwest::Response {
-    app.http
-        .post(format!("{}/refresh", app.token_url(user, "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn last_refresh_error(app: &TestApp, user: &str) -> Option<String> {
     sqlx::query_scalar(
         "select last_refresh_error from integration_tokens \
@@ -72,7 +54,7 @@ async fn an_absurd_expires_in_is_taken_as_an_hour(expires_in: Value) {
     app.put_token("alice", "google", &token_body("absurd"))
         .await;
 
-    let refreshed = force_refresh(&app, "alice").await;
+    let refreshed = app.force_refresh("alice", "google").await;
     assert_eq!(refreshed.status(), 200, "expires_in {expires_in}");
     let refreshed: Value = refreshed.json().await.unwrap();
     assert_eq!(refreshed["accessToken"], new_access);
@@ -84,7 +66,7 @@ async fn an_absurd_expires_in_is_taken_as_an_hour(expires_in: Value) {
     );
 
     // Served from the store: no second provider call.
-    let again = access_token(&app, "alice").await;
+    let again = app.access_token("alice", "google").await;
     assert_eq!(again.status(), 200);
     let again: Value = again.json().await.unwrap();
     assert_eq!(again["accessToken"], new_access);
@@ -124,7 +106,7 @@ async fn an_oversized_answer_is_a_transient_failure(oversized: Mode) {
     app.put_token("near", "google", &expired_body("near-limit"))
         .await;
 
-    let served = access_token(&app, "valid").await;
+    let served = app.access_token("valid", "google").await;
     assert_eq!(served.status(), 200);
     let served: Value = served.json().await.unwrap();
     assert_eq!(served["accessToken"], valid["accessToken"]);
@@ -133,7 +115,7 @@ async fn an_oversized_answer_is_a_transient_failure(oversized: Mode) {
         Some("response_too_large")
     );
 
-    let unavailable = access_token(&app, "expired").await;
+    let unavailable = app.access_token("expired", "google").await;
     let retry_after: u64 = unavailable.headers()["retry-after"]
         .to_str()
         .unwrap()
@@ -146,7 +128,7 @@ async fn an_oversized_answer_is_a_transient_failure(oversized: Mode) {
         Some("response_too_large")
     );
 
-    let near = access_token(&app, "near").await;
+    let near = app.access_token("near", "google").await;
     assert_eq!(near.status(), 200);
     assert_eq!(
         near.json::<Value>().await.unwrap()["accessToken"],
@@ -226,7 +208,7 @@ async fn provider_error_texts_that_echo_tokens_never_reach_the_logs() {
         .await;
     app.put_token("code", "google", &as_code).await;
     for user in ["both", "word", "code"] {
-        access_token(&app, user).await;
+        app.access_token(user, "google").await;
     }
     assert_eq!(provider.token_calls(), 3);
 
@@ -260,7 +242,7 @@ async fn pins_current_behaviour_for(code: &str) {
         app.put_token(&user, "google", &token_body(&format!("{code}-{status}")))
             .await;
 
-        let forced = force_refresh(&app, &user).await;
+        let forced = app.force_refresh(&user, "google").await;
         assert_problem(forced, 409, "reauthorization_required").await;
         let stored: Value = app
             .get_token(&user, "google", FULL_KEY)
@@ -304,13 +286,13 @@ async fn an_answer_the_service_cannot_use_is_the_providers_failure_not_a_500() {
         app.put_token(&format!("expired-{tag}"), "google", &expired_body(tag))
             .await;
 
-        let served = access_token(&app, &format!("valid-{tag}")).await;
+        let served = app.access_token(&format!("valid-{tag}"), "google").await;
         assert_eq!(served.status(), 200, "{tag}");
         assert_eq!(
             served.json::<Value>().await.unwrap()["accessToken"],
             valid["accessToken"]
         );
-        let unavailable = access_token(&app, &format!("expired-{tag}")).await;
+        let unavailable = app.access_token(&format!("expired-{tag}"), "google").await;
         assert!(unavailable.headers().contains_key("retry-after"), "{tag}");
         assert_problem(unavailable, 503, "provider_unavailable").await;
     }

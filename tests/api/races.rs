@@ -89,21 +89,9 @@ async fn a_dead_grant_is_refused_even_while_its_access_token_is_valid() {
     let app = TestApp::spawn_with_provider(&provider).await;
     app.put_token("alice", "google", &token_body("valid-for-an-hour"))
         .await;
-    let forced = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let forced = app.force_refresh("alice", "google").await;
     assert_problem(forced, 409, "reauthorization_required").await;
-    let access = app
-        .http
-        .post(format!("{}/access-token", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let access = app.access_token("alice", "google").await;
     assert_problem(access, 409, "reauthorization_required").await;
     assert_eq!(provider.token_calls(), 1);
 }
