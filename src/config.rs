@@ -1,7 +1,11 @@
 //! Configuration: a TOML file, overridden by `TOKEN_STORE_*` environment variables
 //! (`TOKEN_STORE_DATABASE__URL` overrides `[database] url`: sections and keys joined by `__`).
+//!
+//! Durations are `Duration`s here; in the file and the environment they are whole numbers
+//! whose key names the unit (`request_timeout_ms`, `cache_ttl_seconds`).
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -10,11 +14,20 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::SecretString;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::auth::{Client, Permission};
-use crate::providers::ProviderSettings;
 use crate::refresh::RefreshSettings;
+
+/// A `*_ms` key: a whole number of milliseconds.
+fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
+
+/// A `*_seconds` key: a whole number of seconds.
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_secs)
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,21 +53,25 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// `pretty` for people, `json` for production log pipelines.
     pub log_format: LogFormat,
-    /// Longest time from the first byte of a request to the end of its headers (ms).
-    pub header_read_timeout_ms: u64,
+    /// Longest time from the first byte of a request to the end of its headers.
+    #[serde(rename = "header_read_timeout_ms", deserialize_with = "millis")]
+    pub header_read_timeout: Duration,
     /// A connection with no request in flight and no byte of a new one is closed after
-    /// this (ms). Above the ALB's 60 s idle timeout, as AWS advises for targets: the ALB
-    /// then always closes an idle connection first, and never sends a request on one the
+    /// this. Above the ALB's 60 s idle timeout, as AWS advises for targets: the ALB then
+    /// always closes an idle connection first, and never sends a request on one the
     /// service is closing at that very moment (which the ALB would answer 502).
-    pub idle_timeout_ms: u64,
-    /// Longest time a request may take, its body included (ms); then 503 `request_timeout`.
-    pub request_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "millis")]
+    pub idle_timeout: Duration,
+    /// Longest time a request may take, its body included; then 503 `request_timeout`.
+    #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
+    pub request_timeout: Duration,
     /// Most connections open at once; at the cap the service stops accepting (the
     /// kernel's backlog holds the rest) until one closes.
     pub max_connections: usize,
     /// After SIGTERM, how long in-flight requests may take before their connections are
-    /// dropped (ms). Below ECS's `stopTimeout` (30 s), after which ECS sends SIGKILL.
-    pub shutdown_timeout_ms: u64,
+    /// dropped. Below ECS's `stopTimeout` (30 s), after which ECS sends SIGKILL.
+    #[serde(rename = "shutdown_timeout_ms", deserialize_with = "millis")]
+    pub shutdown_timeout: Duration,
     /// Serve `/metrics` on this address only, not on `listen`: in AWS the ALB forwards
     /// `listen`, and metrics are for the scraper alone. Unset: on `listen`.
     pub metrics_listen: Option<SocketAddr>,
@@ -66,11 +83,11 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             body_limit_bytes: 64 * 1024,
             log_format: LogFormat::Pretty,
-            header_read_timeout_ms: 10_000,
-            idle_timeout_ms: 65_000,
-            request_timeout_ms: 30_000,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(65),
+            request_timeout: Duration::from_secs(30),
             max_connections: 4_096,
-            shutdown_timeout_ms: 20_000,
+            shutdown_timeout: Duration::from_secs(20),
             metrics_listen: None,
         }
     }
@@ -91,28 +108,34 @@ impl ServerConfig {
     /// would close every connection at once, or accept none), a timeout at most a day and
     /// the cap at most a million (beyond, a deadline or a semaphore would overflow).
     pub fn limits(&self) -> anyhow::Result<ServerLimits> {
-        const DAY_MS: u64 = 24 * 3600 * 1000;
-        for (name, value, max) in [
-            (
-                "header_read_timeout_ms",
-                self.header_read_timeout_ms,
-                DAY_MS,
-            ),
-            ("idle_timeout_ms", self.idle_timeout_ms, DAY_MS),
-            ("request_timeout_ms", self.request_timeout_ms, DAY_MS),
-            ("max_connections", self.max_connections as u64, 1_000_000),
-            ("shutdown_timeout_ms", self.shutdown_timeout_ms, DAY_MS),
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        for (name, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout),
+            ("idle_timeout_ms", self.idle_timeout),
+            ("request_timeout_ms", self.request_timeout),
+            ("shutdown_timeout_ms", self.shutdown_timeout),
         ] {
-            if value == 0 || value > max {
-                bail!("server.{name} must be between 1 and {max}, not {value}");
+            if value.is_zero() || value > DAY {
+                bail!(
+                    "server.{name} must be between 1 and {}, not {}",
+                    DAY.as_millis(),
+                    value.as_millis()
+                );
             }
         }
+        const MAX_CONNECTIONS: usize = 1_000_000;
+        if self.max_connections == 0 || self.max_connections > MAX_CONNECTIONS {
+            bail!(
+                "server.max_connections must be between 1 and {MAX_CONNECTIONS}, not {}",
+                self.max_connections
+            );
+        }
         Ok(ServerLimits {
-            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
-            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
             max_connections: self.max_connections,
-            shutdown_timeout: Duration::from_millis(self.shutdown_timeout_ms),
+            shutdown_timeout: self.shutdown_timeout,
         })
     }
 }
@@ -131,8 +154,13 @@ pub struct DatabaseConfig {
     pub url: SecretString,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
-    #[serde(default = "default_acquire_timeout_ms")]
-    pub acquire_timeout_ms: u64,
+    /// Longest wait for a pooled connection.
+    #[serde(
+        rename = "acquire_timeout_ms",
+        deserialize_with = "millis",
+        default = "default_acquire_timeout"
+    )]
+    pub acquire_timeout: Duration,
     /// Run the migrations at start (as `token-store migrate` does).
     #[serde(default)]
     pub migrate_on_start: bool,
@@ -145,41 +173,43 @@ pub struct DatabaseConfig {
     pub read_connections: u32,
     /// PostgreSQL `statement_timeout` of the service's sessions: a statement that runs
     /// longer is cancelled and the request answers 503 `database_unavailable`.
-    #[serde(default = "default_statement_timeout_ms")]
-    pub statement_timeout_ms: u64,
+    #[serde(
+        rename = "statement_timeout_ms",
+        deserialize_with = "millis",
+        default = "default_statement_timeout"
+    )]
+    pub statement_timeout: Duration,
     /// PostgreSQL `lock_timeout` of the service's sessions: the longest wait for a row or
     /// table lock (a table locked by a migration or an operator) before the same 503.
-    #[serde(default = "default_lock_timeout_ms")]
-    pub lock_timeout_ms: u64,
+    #[serde(
+        rename = "lock_timeout_ms",
+        deserialize_with = "millis",
+        default = "default_lock_timeout"
+    )]
+    pub lock_timeout: Duration,
     /// A Secrets Manager secret (ARN or name) with the service's database `username` and
     /// `password` (the RDS JSON form). They replace the URL's, and the secret is re-read
     /// every `password_refresh_seconds`, so a rotation needs no restart. Unset: the URL's.
     #[serde(default)]
     pub password_secret_arn: Option<String>,
-    #[serde(default = "default_password_refresh_seconds")]
-    pub password_refresh_seconds: u64,
+    #[serde(
+        rename = "password_refresh_seconds",
+        deserialize_with = "seconds",
+        default = "default_password_refresh_interval"
+    )]
+    pub password_refresh_interval: Duration,
 }
 
-fn default_password_refresh_seconds() -> u64 {
-    60
+fn default_password_refresh_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
-impl DatabaseConfig {
-    pub fn statement_timeout(&self) -> Duration {
-        Duration::from_millis(self.statement_timeout_ms)
-    }
-
-    pub fn lock_timeout(&self) -> Duration {
-        Duration::from_millis(self.lock_timeout_ms)
-    }
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
-fn default_statement_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_lock_timeout_ms() -> u64 {
-    2_000
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 fn default_read_connections() -> u32 {
@@ -193,8 +223,8 @@ fn default_lock_pool_connections() -> u32 {
 fn default_max_connections() -> u32 {
     16
 }
-fn default_acquire_timeout_ms() -> u64 {
-    3_000
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,13 +235,16 @@ pub struct KmsConfig {
     /// Overrides the endpoint of the standard AWS chain (`AWS_ENDPOINT_URL`).
     pub endpoint_url: Option<String>,
     /// How long an unwrapped data key stays cached.
-    pub cache_ttl_seconds: u64,
+    #[serde(rename = "cache_ttl_seconds", deserialize_with = "seconds")]
+    pub cache_ttl: Duration,
     /// Most unwrapped data keys cached at once.
     pub cache_max_entries: u64,
     /// Time limit of one KMS call, retries included.
-    pub timeout_ms: u64,
+    #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+    pub timeout: Duration,
     /// How long `/readyz` reuses KMS's last answer (`DescribeKey`); 0 asks every time.
-    pub readiness_cache_ms: u64,
+    #[serde(rename = "readiness_cache_ms", deserialize_with = "millis")]
+    pub readiness_cache_ttl: Duration,
 }
 
 impl Default for KmsConfig {
@@ -219,73 +252,66 @@ impl Default for KmsConfig {
         Self {
             key_id: None,
             endpoint_url: None,
-            cache_ttl_seconds: 300,
+            cache_ttl: Duration::from_secs(300),
             cache_max_entries: 100_000,
-            timeout_ms: 3_000,
-            readiness_cache_ms: 5_000,
+            timeout: Duration::from_secs(3),
+            readiness_cache_ttl: Duration::from_secs(5),
         }
-    }
-}
-
-impl KmsConfig {
-    pub fn cache_ttl(&self) -> Duration {
-        Duration::from_secs(self.cache_ttl_seconds)
-    }
-
-    pub fn readiness_cache(&self) -> Duration {
-        Duration::from_millis(self.readiness_cache_ms)
     }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RefreshConfig {
-    /// Refresh a token that expires within this many seconds before handing it out.
-    pub buffer_seconds: u64,
-    /// Longest wait for a pair's refresh lock (ms).
-    pub lock_timeout_ms: u64,
-    /// Time limit of one provider call (ms); must be shorter than `lock_timeout_ms`.
-    pub provider_timeout_ms: u64,
+    /// Refresh a token that expires within this before handing it out.
+    #[serde(rename = "buffer_seconds", deserialize_with = "seconds")]
+    pub buffer: Duration,
+    /// Longest wait for a pair's refresh lock.
+    #[serde(rename = "lock_timeout_ms", deserialize_with = "millis")]
+    pub lock_timeout: Duration,
+    /// Time limit of one provider call; must be shorter than `lock_timeout`.
+    #[serde(rename = "provider_timeout_ms", deserialize_with = "millis")]
+    pub provider_timeout: Duration,
     /// Re-seal refreshed tokens under the row's data key while it is younger than this.
-    pub data_key_max_age_seconds: u64,
+    #[serde(rename = "data_key_max_age_seconds", deserialize_with = "seconds")]
+    pub data_key_max_age: Duration,
     /// Cool-down after a transient provider failure, doubling per failure up to the max.
-    pub cooldown_base_seconds: u64,
-    pub cooldown_max_seconds: u64,
+    #[serde(rename = "cooldown_base_seconds", deserialize_with = "seconds")]
+    pub cooldown_base: Duration,
+    #[serde(rename = "cooldown_max_seconds", deserialize_with = "seconds")]
+    pub cooldown_max: Duration,
 }
 
 impl Default for RefreshConfig {
     fn default() -> Self {
         Self {
-            buffer_seconds: 300,
-            lock_timeout_ms: 15_000,
-            provider_timeout_ms: 10_000,
-            data_key_max_age_seconds: 24 * 3600,
-            cooldown_base_seconds: 5,
-            cooldown_max_seconds: 300,
+            buffer: Duration::from_secs(300),
+            lock_timeout: Duration::from_secs(15),
+            provider_timeout: Duration::from_secs(10),
+            data_key_max_age: Duration::from_secs(24 * 3600),
+            cooldown_base: Duration::from_secs(5),
+            cooldown_max: Duration::from_secs(300),
         }
     }
 }
 
 impl RefreshConfig {
+    /// The refresher's settings, or the reason the service must not start: a provider
+    /// call must end before the lock wait does.
     pub fn settings(&self) -> anyhow::Result<RefreshSettings> {
-        if self.provider_timeout_ms >= self.lock_timeout_ms {
+        if self.provider_timeout >= self.lock_timeout {
             bail!(
                 "refresh.provider_timeout_ms ({}) must be shorter than refresh.lock_timeout_ms ({})",
-                self.provider_timeout_ms,
-                self.lock_timeout_ms
+                self.provider_timeout.as_millis(),
+                self.lock_timeout.as_millis()
             );
         }
         Ok(RefreshSettings {
-            buffer: Duration::from_secs(self.buffer_seconds),
-            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
-            data_key_max_age: Duration::from_secs(self.data_key_max_age_seconds),
-            cooldown_base: Duration::from_secs(self.cooldown_base_seconds),
-            cooldown_max: Duration::from_secs(self.cooldown_max_seconds),
+            buffer: self.buffer,
+            lock_timeout: self.lock_timeout,
+            cooldown_base: self.cooldown_base,
+            cooldown_max: self.cooldown_max,
         })
-    }
-
-    pub fn provider_timeout(&self) -> Duration {
-        Duration::from_millis(self.provider_timeout_ms)
     }
 }
 
@@ -311,7 +337,7 @@ fn environment() -> Env {
 
 /// A secret that may arrive as any scalar: `TOKEN_STORE_..._CLIENT_SECRET=123456` is read
 /// by the environment provider as a number, and must still be taken as text.
-pub fn scalar_secret<'de, D>(deserializer: D) -> Result<SecretString, D::Error>
+fn scalar_secret<'de, D>(deserializer: D) -> Result<SecretString, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -332,6 +358,55 @@ where
         Scalar::Bool(b) => b.to_string(),
     };
     Ok(SecretString::from(text))
+}
+
+/// One provider's configuration (`[providers.NAME]`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// `google` (Google's defaults) or `oauth2` (endpoints required).
+    #[serde(default)]
+    pub kind: Option<ProviderKind>,
+    pub client_id: String,
+    #[serde(deserialize_with = "scalar_secret")]
+    pub client_secret: SecretString,
+    pub token_endpoint: Option<String>,
+    pub revoke_endpoint: Option<String>,
+    pub client_auth: Option<ClientAuth>,
+    /// The provider issues a new refresh token on every refresh (Microsoft does).
+    #[serde(default)]
+    pub rotates_refresh_tokens: bool,
+}
+
+impl fmt::Debug for ProviderSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSettings")
+            .field("kind", &self.kind)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[REDACTED]")
+            .field("token_endpoint", &self.token_endpoint)
+            .field("revoke_endpoint", &self.revoke_endpoint)
+            .field("client_auth", &self.client_auth)
+            .field("rotates_refresh_tokens", &self.rotates_refresh_tokens)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Google,
+    Oauth2,
+}
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (Google's default).
+    ClientSecretPost,
+    /// HTTP Basic with the form-encoded id and secret.
+    ClientSecretBasic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -417,7 +492,7 @@ mod tests {
                 config.database.url.expose_secret(),
                 "postgres://from-file/db"
             );
-            assert_eq!(config.refresh.buffer_seconds, 60);
+            assert_eq!(config.refresh.buffer, Duration::from_secs(60));
             let google = &config.providers["google"];
             assert_eq!(google.client_secret.expose_secret(), "123456");
             Ok(())
@@ -456,7 +531,7 @@ mod tests {
         });
         for zero in [
             ServerConfig {
-                header_read_timeout_ms: 0,
+                header_read_timeout: Duration::ZERO,
                 ..ServerConfig::default()
             },
             ServerConfig {
@@ -464,26 +539,131 @@ mod tests {
                 ..ServerConfig::default()
             },
             ServerConfig {
-                shutdown_timeout_ms: 0,
+                max_connections: 1_000_001,
                 ..ServerConfig::default()
             },
             ServerConfig {
-                idle_timeout_ms: u64::MAX,
+                shutdown_timeout: Duration::ZERO,
+                ..ServerConfig::default()
+            },
+            ServerConfig {
+                idle_timeout: Duration::from_millis(u64::MAX),
                 ..ServerConfig::default()
             },
         ] {
             assert!(zero.limits().is_err());
         }
+        let a_day = ServerConfig {
+            request_timeout: Duration::from_secs(24 * 3600),
+            max_connections: 1_000_000,
+            ..ServerConfig::default()
+        };
+        assert!(a_day.limits().is_ok());
     }
 
     #[test]
     fn the_provider_timeout_must_be_shorter_than_the_lock_timeout() {
         let config = RefreshConfig {
-            provider_timeout_ms: 5_000,
-            lock_timeout_ms: 5_000,
+            provider_timeout: Duration::from_secs(5),
+            lock_timeout: Duration::from_secs(5),
             ..RefreshConfig::default()
         };
-        assert!(config.settings().is_err());
+        let err = config.settings().unwrap_err().to_string();
+        assert!(err.contains("refresh.provider_timeout_ms (5000)"), "{err}");
         assert!(RefreshConfig::default().settings().is_ok());
+    }
+
+    /// Every duration key, with the unit its name says, from the file and from the
+    /// environment (`TOKEN_STORE_<SECTION>__<KEY>`).
+    #[test]
+    fn durations_are_read_in_the_unit_their_key_names() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "token-store.toml",
+                r#"
+                [server]
+                header_read_timeout_ms = 1001
+                idle_timeout_ms = 1002
+                request_timeout_ms = 1003
+                shutdown_timeout_ms = 1004
+
+                [database]
+                url = "postgres://x/y"
+                acquire_timeout_ms = 1005
+                statement_timeout_ms = 1006
+                lock_timeout_ms = 1007
+                password_refresh_seconds = 8
+
+                [kms]
+                cache_ttl_seconds = 9
+                timeout_ms = 1010
+                readiness_cache_ms = 0
+
+                [refresh]
+                buffer_seconds = 12
+                lock_timeout_ms = 1013
+                provider_timeout_ms = 1000
+                data_key_max_age_seconds = 15
+                cooldown_base_seconds = 16
+                cooldown_max_seconds = 17
+                "#,
+            )?;
+            jail.set_env("TOKEN_STORE_SERVER__REQUEST_TIMEOUT_MS", "2003");
+            jail.set_env("TOKEN_STORE_KMS__CACHE_TTL_SECONDS", "19");
+            let config = Config::load(Path::new("token-store.toml")).map_err(|e| e.to_string())?;
+            let ms = Duration::from_millis;
+            let s = Duration::from_secs;
+            let server = &config.server;
+            assert_eq!(server.header_read_timeout, ms(1001));
+            assert_eq!(server.idle_timeout, ms(1002));
+            assert_eq!(server.request_timeout, ms(2003));
+            assert_eq!(server.shutdown_timeout, ms(1004));
+            let database = &config.database;
+            assert_eq!(database.acquire_timeout, ms(1005));
+            assert_eq!(database.statement_timeout, ms(1006));
+            assert_eq!(database.lock_timeout, ms(1007));
+            assert_eq!(database.password_refresh_interval, s(8));
+            let kms = &config.kms;
+            assert_eq!(kms.cache_ttl, s(19));
+            assert_eq!(kms.timeout, ms(1010));
+            assert_eq!(kms.readiness_cache_ttl, Duration::ZERO);
+            let refresh = &config.refresh;
+            assert_eq!(refresh.buffer, s(12));
+            assert_eq!(refresh.lock_timeout, ms(1013));
+            assert_eq!(refresh.provider_timeout, ms(1000));
+            assert_eq!(refresh.data_key_max_age, s(15));
+            assert_eq!(refresh.cooldown_base, s(16));
+            assert_eq!(refresh.cooldown_max, s(17));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_duration_key_without_its_unit_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "token-store.toml",
+                "[database]\nurl = \"postgres://x/y\"\n[server]\nrequest_timeout = 5\n",
+            )?;
+            let err = Config::load(Path::new("token-store.toml")).unwrap_err();
+            assert!(format!("{err:#}").contains("request_timeout"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn provider_settings_debug_redacts_the_client_secret() {
+        let s = ProviderSettings {
+            kind: None,
+            client_id: "id".into(),
+            client_secret: SecretString::from("very-secret-value"),
+            token_endpoint: None,
+            revoke_endpoint: None,
+            client_auth: None,
+            rotates_refresh_tokens: false,
+        };
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("very-secret-value"), "{debug}");
+        assert!(debug.contains("client_secret: \"[REDACTED]\""), "{debug}");
     }
 }

@@ -201,7 +201,22 @@ secret_token!(
     "refreshToken"
 );
 
-/// A row's lifecycle: a dead grant is kept (never deleted by a failed refresh) but not served.
+/// Which grant: one user's grant with one provider. The one name of a grant from the
+/// request path down to the SQL binds and the KMS encryption context.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GrantKey {
+    pub user: UserId,
+    pub provider: ProviderName,
+}
+
+impl GrantKey {
+    pub fn new(user: UserId, provider: ProviderName) -> Self {
+        Self { user, provider }
+    }
+}
+
+/// A grant's lifecycle: a dead grant is kept (never deleted by a failed refresh) but not
+/// served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenStatus {
     Active,
@@ -215,14 +230,19 @@ impl TokenStatus {
             Self::ReauthorizationRequired => "reauthorization_required",
         }
     }
+}
 
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "active" => Some(Self::Active),
-            "reauthorization_required" => Some(Self::ReauthorizationRequired),
-            _ => None,
-        }
-    }
+/// What a stored grant says of itself in the clear: everything but its tokens.
+#[derive(Debug, Clone)]
+pub struct GrantState {
+    pub status: TokenStatus,
+    pub expires_at: DateTime<Utc>,
+    pub scopes: Vec<Scope>,
+    pub has_refresh_token: bool,
+    /// Failed refreshes since the last one that worked.
+    pub refresh_failures: u32,
+    /// No refresh is tried before this (a cool-down after a transient failure).
+    pub retry_after: Option<DateTime<Utc>>,
 }
 
 /// A token as callers hand it in and get it back, decrypted.
@@ -234,13 +254,29 @@ pub struct TokenSet {
     pub scopes: Vec<Scope>,
 }
 
-/// A stored token with its status, as read back.
+/// A stored grant, decrypted, with its status.
 #[derive(Debug, Clone)]
 pub struct StoredToken {
-    pub user_id: UserId,
-    pub provider: ProviderName,
     pub token: TokenSet,
     pub status: TokenStatus,
+}
+
+/// An access token ready to hand out.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    pub access_token: AccessToken,
+    pub expires_at: DateTime<Utc>,
+    pub scopes: Vec<Scope>,
+}
+
+impl From<TokenSet> for AccessGrant {
+    fn from(token: TokenSet) -> Self {
+        Self {
+            access_token: token.access_token,
+            expires_at: token.expires_at,
+            scopes: token.scopes,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,9 +4,9 @@
 //! almost all per statement (a round trip, bind and execute, two wake-ups), hardly per row.
 //! So lookups wait in one queue, and each of a few long-lived connections, whenever it is
 //! free, takes everything queued (up to [`MAX_BATCH`]) and answers it with one statement
-//! ([`store::find_pairs`]). Under light load a batch is one lookup, made with the plain
+//! ([`store::find_many`]). Under light load a batch is one lookup, made with the plain
 //! query ([`store::find`]); under heavy load the batches grow and PostgreSQL's work per lookup falls.
-//! A pair asked for several times in one batch (a refresh storm) is looked up once.
+//! A grant asked for several times in one batch (a refresh storm) is looked up once.
 //!
 //! The connections are owned by their tasks, outside the request pool: a pool checks every
 //! connection it gets back, one more round trip per lookup that this path does not need.
@@ -24,8 +24,9 @@ use sqlx::postgres::PgConnection;
 use sqlx::{Connection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
+use crate::domain::GrantKey;
 use crate::metrics::Metrics;
-use crate::store::{self, TokenRow};
+use crate::store::{self, KeyedRow, TokenRow};
 
 /// `application_name` of the reading sessions (`pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "token-store-reads";
@@ -57,8 +58,7 @@ impl LookupError {
 type Reply = Result<Option<TokenRow>, LookupError>;
 
 struct Lookup {
-    user_id: String,
-    provider: String,
+    grant: GrantKey,
     reply: oneshot::Sender<Reply>,
 }
 
@@ -90,12 +90,11 @@ impl Lookups {
         Self { queue }
     }
 
-    /// The row of `(user_id, provider)`, if there is one.
-    pub async fn find(&self, user_id: &str, provider: &str) -> Reply {
+    /// The row of a grant, if there is one.
+    pub async fn find(&self, grant: &GrantKey) -> Reply {
         let (reply, answer) = oneshot::channel();
         let lookup = Lookup {
-            user_id: user_id.to_owned(),
-            provider: provider.to_owned(),
+            grant: grant.clone(),
             reply,
         };
         self.queue
@@ -144,8 +143,8 @@ async fn read_loop(
                 for lookup in batch.drain(..) {
                     let row = rows
                         .iter()
-                        .find(|r| r.user_id == lookup.user_id && r.provider == lookup.provider)
-                        .cloned();
+                        .find(|r| r.grant == lookup.grant)
+                        .map(|r| r.row.clone());
                     let _ = lookup.reply.send(Ok(row));
                 }
             }
@@ -166,7 +165,7 @@ async fn look_up(
     pool: &PgPool,
     connect_timeout: Duration,
     batch: &[Lookup],
-) -> Result<Vec<TokenRow>, LookupError> {
+) -> Result<Vec<KeyedRow>, LookupError> {
     if let Some(conn) = connection.as_mut() {
         match find_batch(conn, batch).await {
             Ok(rows) => return Ok(rows),
@@ -195,19 +194,24 @@ async fn look_up(
         .map_err(|e| LookupError::Database(Arc::new(e)))
 }
 
-/// One statement for the whole batch: the plain lookup for one pair, else every distinct
-/// pair at once.
-async fn find_batch(conn: &mut PgConnection, batch: &[Lookup]) -> sqlx::Result<Vec<TokenRow>> {
+/// One statement for the whole batch: the plain lookup for one grant, else every distinct
+/// grant at once.
+async fn find_batch(conn: &mut PgConnection, batch: &[Lookup]) -> sqlx::Result<Vec<KeyedRow>> {
     if let [one] = batch {
-        let row = store::find(conn, &one.user_id, &one.provider).await?;
-        return Ok(row.into_iter().collect());
+        let row = store::find(conn, &one.grant).await?;
+        return Ok(row
+            .map(|row| KeyedRow {
+                grant: one.grant.clone(),
+                row,
+            })
+            .into_iter()
+            .collect());
     }
-    let mut pairs: Vec<(&str, &str)> = batch
-        .iter()
-        .map(|l| (l.user_id.as_str(), l.provider.as_str()))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let (users, providers): (Vec<&str>, Vec<&str>) = pairs.into_iter().unzip();
-    store::find_pairs(conn, &users, &providers).await
+    let mut grants: Vec<&GrantKey> = Vec::with_capacity(batch.len());
+    for lookup in batch {
+        if !grants.contains(&&lookup.grant) {
+            grants.push(&lookup.grant);
+        }
+    }
+    store::find_many(conn, &grants).await
 }

@@ -5,8 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use token_store::config::Config;
-use token_store::crypto::{CacheSettings, Envelope};
-use token_store::metrics::Metrics;
 use token_store::rewrap::{rewrap_all, RewrapOptions};
 use token_store::startup::{self, Application};
 use token_store::{store, telemetry};
@@ -94,21 +92,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let config = Config::load(&config)?;
             telemetry::init(config.server.log_format);
-            let db = startup::connect(&config.database, None).await?;
-            let envelope = Envelope::new(
-                startup::kms_client(&config.kms).await,
-                to_key.clone(),
-                CacheSettings {
-                    ttl: config.kms.cache_ttl(),
-                    max_entries: 1,
-                },
-                Metrics::new(),
-            );
+            let vault = startup::job_vault(&config, to_key.clone()).await?;
             let options = RewrapOptions {
                 batch_size: batch_size.clamp(1, 10_000),
                 ..RewrapOptions::default()
             };
-            let report = rewrap_all(&db, &envelope, &to_key, options, |line| {
+            let report = rewrap_all(&vault, &to_key, options, |line| {
                 println!("{line}");
             })
             .await?;

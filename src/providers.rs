@@ -1,12 +1,11 @@
 //! OAuth providers: where to refresh and revoke a grant, and how to authenticate there.
 //!
-//! A provider is data ([`ProviderSettings`]) plus the small [`Provider`] trait. One
+//! A provider is data ([`ProviderSettings`], from the configuration) plus the small [`Provider`] trait. One
 //! implementation, [`OAuth2Provider`], speaks RFC 6749 (refresh grant) and RFC 7009
 //! (revocation); `google` is that implementation with Google's endpoints as defaults and its
 //! `error_subtype` parsed. Microsoft and others are configured as `kind = "oauth2"`.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::config::{ClientAuth, ProviderKind, ProviderSettings};
 use crate::domain::{AccessToken, ProviderName, RefreshToken, Scope};
 use crate::metrics::Metrics;
 
@@ -24,55 +24,6 @@ pub const GOOGLE_TOKEN_ENDPOINT: &str = "https://oauth2.googleapis.com/token";
 pub const GOOGLE_REVOKE_ENDPOINT: &str = "https://oauth2.googleapis.com/revoke";
 /// The metric label of every provider name that is not configured.
 pub const UNCONFIGURED: &str = "unconfigured";
-
-/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ClientAuth {
-    /// `client_id` and `client_secret` in the form body (Google's default).
-    ClientSecretPost,
-    /// HTTP Basic with the form-encoded id and secret.
-    ClientSecretBasic,
-}
-
-/// One provider's configuration.
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSettings {
-    /// `google` (Google's defaults) or `oauth2` (endpoints required).
-    #[serde(default)]
-    pub kind: Option<ProviderKind>,
-    pub client_id: String,
-    #[serde(deserialize_with = "crate::config::scalar_secret")]
-    pub client_secret: SecretString,
-    pub token_endpoint: Option<String>,
-    pub revoke_endpoint: Option<String>,
-    pub client_auth: Option<ClientAuth>,
-    /// The provider issues a new refresh token on every refresh (Microsoft does).
-    #[serde(default)]
-    pub rotates_refresh_tokens: bool,
-}
-
-impl fmt::Debug for ProviderSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProviderSettings")
-            .field("kind", &self.kind)
-            .field("client_id", &self.client_id)
-            .field("client_secret", &"[REDACTED]")
-            .field("token_endpoint", &self.token_endpoint)
-            .field("revoke_endpoint", &self.revoke_endpoint)
-            .field("client_auth", &self.client_auth)
-            .field("rotates_refresh_tokens", &self.rotates_refresh_tokens)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    Google,
-    Oauth2,
-}
 
 /// What a successful refresh returned.
 #[derive(Debug)]
@@ -668,22 +619,6 @@ mod tests {
         ] {
             assert_eq!(loggable(text), "[omitted]", "{text}");
         }
-    }
-
-    #[test]
-    fn settings_debug_redacts_the_client_secret() {
-        let s = ProviderSettings {
-            kind: None,
-            client_id: "id".into(),
-            client_secret: SecretString::from("very-secret-value"),
-            token_endpoint: None,
-            revoke_endpoint: None,
-            client_auth: None,
-            rotates_refresh_tokens: false,
-        };
-        let debug = format!("{s:?}");
-        assert!(!debug.contains("very-secret-value"), "{debug}");
-        assert!(debug.contains("client_secret: \"[REDACTED]\""), "{debug}");
     }
 
     #[test]

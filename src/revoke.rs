@@ -3,25 +3,48 @@
 use tracing::instrument;
 
 use crate::crypto::CryptoError;
-use crate::domain::{ProviderName, UserId};
+use crate::domain::{GrantKey, UserId};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
-use crate::store;
-use crate::vault::{open_row, Vault, VaultError};
+use crate::vault::{Reveal, Vault, VaultError};
+
+/// How a revocation at the provider ended: the `outcome` label of
+/// `token_store_revocations_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevocationOutcome {
+    /// The provider confirmed it.
+    Revoked,
+    /// The provider has no revocation endpoint.
+    Unsupported,
+    /// The provider, or KMS, failed; the grant was deleted anyway.
+    Failed,
+    /// No OAuth client is configured for the provider.
+    NotConfigured,
+}
+
+impl RevocationOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoked => "revoked",
+            Self::Unsupported => "unsupported",
+            Self::Failed => "failed",
+            Self::NotConfigured => "not_configured",
+        }
+    }
+}
 
 /// Revokes the grant at its provider, then deletes it. A provider that fails or is not
 /// configured is logged and counted; the local delete happens regardless (the user asked
 /// for the grant to be gone). `true` if a grant was deleted.
-#[instrument(skip_all, fields(user_id = %user, provider = %provider))]
+#[instrument(skip_all, fields(user_id = %grant.user, provider = %grant.provider))]
 pub async fn revoke_and_delete(
     vault: &Vault,
     providers: &Providers,
     metrics: &Metrics,
-    user: &UserId,
-    provider: &ProviderName,
+    grant: &GrantKey,
 ) -> Result<bool, VaultError> {
-    revoke_at_provider(vault, providers, metrics, user, provider).await?;
-    vault.delete(user, provider).await
+    revoke_at_provider(vault, providers, metrics, grant).await?;
+    vault.delete(grant).await
 }
 
 /// Account erasure: revokes every grant of the user, then deletes them all.
@@ -32,13 +55,8 @@ pub async fn revoke_and_delete_user(
     metrics: &Metrics,
     user: &UserId,
 ) -> Result<u64, VaultError> {
-    for name in store::providers_of(vault.db(), user.as_str()).await? {
-        match ProviderName::parse(&name) {
-            Ok(provider) => revoke_at_provider(vault, providers, metrics, user, &provider).await?,
-            Err(_) => {
-                tracing::error!("a stored provider name is malformed; deleting without revoking")
-            }
-        }
+    for grant in vault.grants_of(user).await? {
+        revoke_at_provider(vault, providers, metrics, &grant).await?;
     }
     vault.delete_user(user).await
 }
@@ -47,51 +65,46 @@ async fn revoke_at_provider(
     vault: &Vault,
     providers: &Providers,
     metrics: &Metrics,
-    user: &UserId,
-    provider: &ProviderName,
+    grant: &GrantKey,
 ) -> Result<(), VaultError> {
-    let count = |outcome: &str| {
+    let count = |outcome: RevocationOutcome| {
         metrics
             .revocations
-            .with_label_values(&[providers.label(provider), outcome])
+            .with_label_values(&[providers.label(&grant.provider), outcome.as_str()])
             .inc();
     };
-    let Some(row) = store::find(vault.db(), user.as_str(), provider.as_str()).await? else {
+    let Some(sealed) = vault.read(grant).await? else {
         return Ok(());
     };
-    let Some(client) = providers.get(provider) else {
+    let Some(client) = providers.get(&grant.provider) else {
         tracing::warn!("no OAuth client configured for this provider; deleting without revoking");
-        count("not_configured");
+        count(RevocationOutcome::NotConfigured);
         return Ok(());
     };
-    let opened = match vault.row_key(&row).await {
-        Ok(key) => open_row(&key, &row, true),
-        Err(err) => Err(err),
-    };
-    let stored = match opened {
-        Ok(stored) => stored,
+    let token = match vault.open(&sealed, Reveal::AccessAndRefreshToken).await {
+        Ok(token) => token,
         // KMS away: the user's deletion still happens; the grant will lapse at the provider.
         Err(VaultError::Crypto(CryptoError::KmsUnavailable(err))) => {
             tracing::warn!(
                 error = format!("{err:#}"),
                 "KMS unavailable; deleting without revoking"
             );
-            count("failed");
+            count(RevocationOutcome::Failed);
             return Ok(());
         }
         Err(err) => return Err(err),
     };
     // Revoking the refresh token ends the whole grant (Google, RFC 7009 §2.1).
-    let (token, hint) = match &stored.token.refresh_token {
+    let (token, hint) = match &token.refresh_token {
         Some(refresh) => (refresh.expose(), "refresh_token"),
-        None => (stored.token.access_token.expose(), "access_token"),
+        None => (token.access_token.expose(), "access_token"),
     };
     match client.revoke(token, hint).await {
-        Ok(true) => count("revoked"),
-        Ok(false) => count("unsupported"),
+        Ok(true) => count(RevocationOutcome::Revoked),
+        Ok(false) => count(RevocationOutcome::Unsupported),
         Err(err) => {
             tracing::warn!(error = %err, "revocation at the provider failed; deleting anyway");
-            count("failed");
+            count(RevocationOutcome::Failed);
         }
     }
     Ok(())

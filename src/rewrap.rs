@@ -9,10 +9,8 @@
 //!   key are skipped), so a stopped run just starts again.
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use sqlx::PgPool;
 
-use crate::crypto::{Envelope, KeyContext, WrappedKey};
-use crate::store;
+use crate::vault::Vault;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RewrapOptions {
@@ -45,16 +43,15 @@ pub struct RewrapReport {
 /// Rewraps until no row is left under another key, or `max_passes` passes ran.
 /// `progress` receives one line per batch.
 pub async fn rewrap_all(
-    db: &PgPool,
-    envelope: &Envelope,
+    vault: &Vault,
     to_key: &str,
     options: RewrapOptions,
     mut progress: impl FnMut(&str),
 ) -> anyhow::Result<RewrapReport> {
-    let target = envelope.key_arn(to_key).await?;
+    let target = vault.key_arn(to_key).await?;
     let mut report = RewrapReport::default();
     for pass in 1..=options.max_passes {
-        let total = store::count_not_under_key(db, &target).await?;
+        let total = vault.count_not_under_key(&target).await?;
         if total == 0 {
             break;
         }
@@ -64,11 +61,16 @@ pub async fn rewrap_all(
         let mut after_id = 0;
         let mut done_in_pass = 0u64;
         loop {
-            let rows = store::rows_not_under_key(db, &target, after_id, options.batch_size).await?;
+            let rows = vault
+                .rows_not_under_key(&target, after_id, options.batch_size)
+                .await?;
             let Some(last) = rows.last() else { break };
             after_id = last.id;
             let outcomes: Vec<bool> = stream::iter(rows)
-                .map(|row| rewrap_row(db, envelope, &target, row))
+                .map(|row| {
+                    let target = &target;
+                    async move { vault.rewrap(&row, target).await }
+                })
                 .buffer_unordered(options.concurrency.max(1))
                 .try_collect()
                 .await?;
@@ -82,24 +84,6 @@ pub async fn rewrap_all(
             ));
         }
     }
-    report.remaining = store::count_not_under_key(db, &target).await?;
+    report.remaining = vault.count_not_under_key(&target).await?;
     Ok(report)
-}
-
-async fn rewrap_row(
-    db: &PgPool,
-    envelope: &Envelope,
-    target: &str,
-    row: store::WrappedKeyRow,
-) -> anyhow::Result<bool> {
-    let wrapped = WrappedKey {
-        key_id: row.kms_key_id,
-        blob: row.wrapped_data_key,
-    };
-    let context = KeyContext::new(&row.user_id, &row.provider);
-    let rewrapped = envelope.rewrap(&wrapped, &context, target).await?;
-    Ok(
-        store::replace_wrapped_key(db, row.id, row.version, &rewrapped.key_id, &rewrapped.blob)
-            .await?,
-    )
 }

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::refresh::Refresher;
 use crate::store;
-use crate::vault::Vault;
+use crate::vault::{Storage, Vault};
 
 pub struct Application {
     listener: TcpListener,
@@ -48,11 +48,8 @@ impl Application {
             tracing::warn!("no clients configured: every API call will answer 401");
         }
         let metrics = Metrics::new();
-        let providers = Providers::from_settings(
-            &config.providers,
-            config.refresh.provider_timeout(),
-            &metrics,
-        )?;
+        let providers =
+            Providers::from_settings(&config.providers, config.refresh.provider_timeout, &metrics)?;
         if config.database.migrate_on_start {
             let migrations = connect_for_migrations(&config.database).await?;
             store::migrate(&migrations)
@@ -76,32 +73,41 @@ impl Application {
         let lock_pool =
             connect_lock_pool(&config.database, refresh_settings.lock_timeout, current)?;
         if let Some((source, current)) = credentials {
-            tokio::spawn(source.keep_fresh(
-                current,
-                vec![db.clone(), lock_pool.clone()],
-                Duration::from_secs(config.database.password_refresh_seconds.max(1)),
-            ));
+            tokio::spawn(
+                source.keep_fresh(
+                    current,
+                    vec![db.clone(), lock_pool.clone()],
+                    config
+                        .database
+                        .password_refresh_interval
+                        .max(Duration::from_secs(1)),
+                ),
+            );
         }
         let envelope = Envelope::new(
             kms_client(&config.kms).await,
             key_id,
             CacheSettings {
-                ttl: config.kms.cache_ttl(),
+                ttl: config.kms.cache_ttl,
                 max_entries: config.kms.cache_max_entries,
             },
             metrics.clone(),
         )
-        .with_readiness_ttl(config.kms.readiness_cache());
+        .with_readiness_ttl(config.kms.readiness_cache_ttl);
         let lookups = Lookups::start(
             &db,
             config.database.read_connections as usize,
-            Duration::from_millis(config.database.acquire_timeout_ms),
+            config.database.acquire_timeout,
             &metrics,
         );
-        let vault = Vault::new(db, lookups, envelope);
+        let storage = Storage {
+            db,
+            locks: lock_pool,
+            lookups,
+        };
+        let vault = Vault::new(storage, envelope, config.refresh.data_key_max_age);
         let refresher = Refresher::new(
             vault.clone(),
-            lock_pool.clone(),
             providers.clone(),
             refresh_settings,
             metrics.clone(),
@@ -150,10 +156,6 @@ impl Application {
         self.local_addr
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr.port()
-    }
-
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -193,7 +195,7 @@ impl Application {
         if let Some(metrics) = metrics {
             let _ = metrics.await;
         }
-        self.state.vault.db().close().await;
+        self.state.vault.close().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -214,13 +216,13 @@ pub async fn connect(
 ) -> anyhow::Result<PgPool> {
     let options = limited(
         session_options(config, credentials)?,
-        config.statement_timeout(),
+        config.statement_timeout,
         config,
     )?
     .application_name(APPLICATION_NAME);
     PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .acquire_timeout(config.acquire_timeout)
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")
@@ -234,7 +236,7 @@ fn connect_lock_pool(
     lock_wait: Duration,
     credentials: Option<&DbCredentials>,
 ) -> anyhow::Result<PgPool> {
-    let statement_timeout = lock_wait + config.statement_timeout();
+    let statement_timeout = lock_wait + config.statement_timeout;
     let options = limited(
         session_options(config, credentials)?,
         statement_timeout,
@@ -247,12 +249,38 @@ fn connect_lock_pool(
         .connect_lazy_with(options))
 }
 
+/// The vault for a one-off job such as `token-store rewrap`: the request pool, a lazy lock
+/// pool and lookups (neither connects unless used), and an envelope whose key is `key_id`.
+pub async fn job_vault(config: &Config, key_id: String) -> anyhow::Result<Vault> {
+    let metrics = Metrics::new();
+    let db = connect(&config.database, None).await?;
+    let storage = Storage {
+        locks: connect_lock_pool(&config.database, config.refresh.lock_timeout, None)?,
+        lookups: Lookups::start(&db, 1, config.database.acquire_timeout, &metrics),
+        db,
+    };
+    let envelope = Envelope::new(
+        kms_client(&config.kms).await,
+        key_id,
+        CacheSettings {
+            ttl: config.kms.cache_ttl,
+            max_entries: config.kms.cache_max_entries,
+        },
+        metrics,
+    );
+    Ok(Vault::new(
+        storage,
+        envelope,
+        config.refresh.data_key_max_age,
+    ))
+}
+
 /// One connection without time limits, for migrations: they may wait for another
 /// replica's migration lock, and a migration may take longer than any request should.
 pub async fn connect_for_migrations(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(1)
-        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        .acquire_timeout(config.acquire_timeout)
         .connect_with(session_options(config, None)?.application_name("token-store-migrate"))
         .await
         .context("connecting to PostgreSQL")
@@ -280,19 +308,19 @@ fn limited(
     config: &DatabaseConfig,
 ) -> anyhow::Result<PgConnectOptions> {
     // 0 would switch the limits off in PostgreSQL.
-    if config.statement_timeout_ms == 0 || config.lock_timeout_ms == 0 {
+    if config.statement_timeout.is_zero() || config.lock_timeout.is_zero() {
         bail!("database.statement_timeout_ms and database.lock_timeout_ms must be above 0");
     }
     Ok(options.options([
         ("statement_timeout", statement_timeout.as_millis()),
-        ("lock_timeout", config.lock_timeout().as_millis()),
+        ("lock_timeout", config.lock_timeout.as_millis()),
     ]))
 }
 
 /// The standard AWS chain (credentials, region, `AWS_ENDPOINT_URL`) with short timeouts,
 /// so that an unreachable AWS service answers 503 quickly rather than hanging.
 async fn aws_sdk_config(config: &KmsConfig) -> aws_config::SdkConfig {
-    let total = Duration::from_millis(config.timeout_ms);
+    let total = config.timeout;
     aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             TimeoutConfig::builder()

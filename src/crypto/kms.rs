@@ -8,7 +8,8 @@ use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::types::{DataKeySpec, KeyState};
 use zeroize::Zeroizing;
 
-use super::{CryptoError, KeyContext, WrappedKey};
+use super::{CryptoError, WrappedKey};
+use crate::domain::GrantKey;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -30,17 +31,17 @@ impl Kms {
     /// `GenerateDataKey` (AES_256) under the configured key and the row's encryption context.
     pub(super) async fn generate_data_key(
         &self,
-        context: &KeyContext,
+        grant: &GrantKey,
     ) -> Result<(WrappedKey, Zeroizing<Vec<u8>>), CryptoError> {
         let result = self
             .client
             .generate_data_key()
             .key_id(&self.key_id)
             .key_spec(DataKeySpec::Aes256)
-            .set_encryption_context(Some(encryption_context(context)))
+            .set_encryption_context(Some(encryption_context(grant)))
             .send()
             .await;
-        let output = self.record("GenerateDataKey", result)?;
+        let output = self.record(KmsOperation::GenerateDataKey, result)?;
         let plaintext = Zeroizing::new(output.plaintext.map(Blob::into_inner).unwrap_or_default());
         let blob = output
             .ciphertext_blob
@@ -59,17 +60,17 @@ impl Kms {
     pub(super) async fn decrypt(
         &self,
         wrapped: &WrappedKey,
-        context: &KeyContext,
+        grant: &GrantKey,
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let result = self
             .client
             .decrypt()
             .key_id(&wrapped.key_id)
             .ciphertext_blob(Blob::new(wrapped.blob.clone()))
-            .set_encryption_context(Some(encryption_context(context)))
+            .set_encryption_context(Some(encryption_context(grant)))
             .send()
             .await;
-        let output = self.record("Decrypt", result)?;
+        let output = self.record(KmsOperation::Decrypt, result)?;
         Ok(Zeroizing::new(
             output.plaintext.map(Blob::into_inner).unwrap_or_default(),
         ))
@@ -80,10 +81,10 @@ impl Kms {
     pub(super) async fn re_encrypt(
         &self,
         wrapped: &WrappedKey,
-        context: &KeyContext,
+        grant: &GrantKey,
         to_key_id: &str,
     ) -> Result<WrappedKey, CryptoError> {
-        let context = encryption_context(context);
+        let context = encryption_context(grant);
         let result = self
             .client
             .re_encrypt()
@@ -95,7 +96,7 @@ impl Kms {
             .set_destination_encryption_context(Some(context))
             .send()
             .await;
-        let output = self.record("ReEncrypt", result)?;
+        let output = self.record(KmsOperation::ReEncrypt, result)?;
         let blob = output
             .ciphertext_blob
             .map(Blob::into_inner)
@@ -112,7 +113,7 @@ impl Kms {
     /// The ARN of an enabled key named by id, ARN or alias.
     pub(super) async fn key_arn(&self, key_id: &str) -> Result<String, CryptoError> {
         let result = self.client.describe_key().key_id(key_id).send().await;
-        let output = self.record("DescribeKey", result)?;
+        let output = self.record(KmsOperation::DescribeKey, result)?;
         let metadata = output.key_metadata();
         match metadata.map(|m| (m.key_state(), m.arn())) {
             Some((Some(KeyState::Enabled), Some(arn))) => Ok(arn.to_owned()),
@@ -125,7 +126,7 @@ impl Kms {
     /// `DescribeKey`: the configured key exists and is enabled.
     pub(super) async fn check_key(&self) -> Result<(), CryptoError> {
         let result = self.client.describe_key().key_id(&self.key_id).send().await;
-        let output = self.record("DescribeKey", result)?;
+        let output = self.record(KmsOperation::DescribeKey, result)?;
         match output.key_metadata().map(|m| m.key_state()) {
             Some(Some(KeyState::Enabled)) => Ok(()),
             _ => Err(CryptoError::KmsUnavailable(anyhow::anyhow!(
@@ -136,20 +137,20 @@ impl Kms {
 
     fn record<T, E>(
         &self,
-        operation: &str,
+        operation: KmsOperation,
         result: Result<T, SdkError<E>>,
     ) -> Result<T, CryptoError>
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         let outcome = match &result {
-            Ok(_) => "ok",
-            Err(SdkError::ServiceError(_)) => "refused",
-            Err(_) => "unreachable",
+            Ok(_) => KmsOutcome::Ok,
+            Err(SdkError::ServiceError(_)) => KmsOutcome::Refused,
+            Err(_) => KmsOutcome::Unreachable,
         };
         self.metrics
             .kms_calls
-            .with_label_values(&[operation, outcome])
+            .with_label_values(&[operation.as_str(), outcome.as_str()])
             .inc();
         result.map_err(|err| classify(operation, err))
     }
@@ -158,7 +159,7 @@ impl Kms {
 /// `InvalidCiphertext`/`IncorrectKey` mean this wrapped key does not belong under this
 /// context or key: an integrity failure, not an outage. Everything else (network, throttling,
 /// disabled key, internal errors) is KMS being unavailable to us.
-fn classify<E>(operation: &str, err: SdkError<E>) -> CryptoError
+fn classify<E>(operation: KmsOperation, err: SdkError<E>) -> CryptoError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
@@ -166,15 +167,55 @@ where
     match code {
         "InvalidCiphertextException" | "IncorrectKeyException" => CryptoError::KeyRejected,
         _ => CryptoError::KmsUnavailable(
-            anyhow::Error::new(err).context(format!("KMS {operation} failed")),
+            anyhow::Error::new(err).context(format!("KMS {} failed", operation.as_str())),
         ),
     }
 }
 
-pub(super) fn encryption_context(context: &KeyContext) -> HashMap<String, String> {
+/// The KMS operations the service calls: the `operation` label of `token_store_kms_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsOperation {
+    GenerateDataKey,
+    Decrypt,
+    ReEncrypt,
+    DescribeKey,
+}
+
+impl KmsOperation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GenerateDataKey => "GenerateDataKey",
+            Self::Decrypt => "Decrypt",
+            Self::ReEncrypt => "ReEncrypt",
+            Self::DescribeKey => "DescribeKey",
+        }
+    }
+}
+
+/// How a KMS call ended: the `outcome` label of `token_store_kms_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsOutcome {
+    Ok,
+    /// KMS answered with an error.
+    Refused,
+    /// No answer: network, timeout.
+    Unreachable,
+}
+
+impl KmsOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+pub(super) fn encryption_context(grant: &GrantKey) -> HashMap<String, String> {
     HashMap::from([
         ("purpose".to_owned(), "integration-token".to_owned()),
-        ("user_id".to_owned(), context.user_id.clone()),
-        ("provider".to_owned(), context.provider.clone()),
+        ("user_id".to_owned(), grant.user.as_str().to_owned()),
+        ("provider".to_owned(), grant.provider.as_str().to_owned()),
     ])
 }

@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 pub use aead::{Field, OpenError, FORMAT_VERSION};
 use aead::{RowRef, SealingKey};
 use kms::Kms;
+pub use kms::{KmsOperation, KmsOutcome};
 
+use crate::domain::GrantKey;
 use crate::metrics::Metrics;
 
 /// A data key as KMS wrapped it, with the id of the KMS key that wrapped it. Not secret:
@@ -30,26 +32,12 @@ pub struct WrappedKey {
     pub blob: Vec<u8>,
 }
 
-/// The row a data key serves: its KMS encryption context and the AAD of its fields.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct KeyContext {
-    pub user_id: String,
-    pub provider: String,
-}
-
-impl KeyContext {
-    pub fn new(user_id: &str, provider: &str) -> Self {
-        Self {
-            user_id: user_id.to_owned(),
-            provider: provider.to_owned(),
-        }
-    }
-
-    fn row(&self) -> RowRef<'_> {
-        RowRef {
-            user_id: &self.user_id,
-            provider: &self.provider,
-        }
+/// The row a data key serves: its grant names the KMS encryption context and the AAD of
+/// its fields.
+fn row_ref(grant: &GrantKey) -> RowRef<'_> {
+    RowRef {
+        user_id: grant.user.as_str(),
+        provider: grant.provider.as_str(),
     }
 }
 
@@ -77,12 +65,12 @@ pub struct CacheSettings {
 #[derive(Clone)]
 pub struct RowKey {
     key: Arc<SealingKey>,
-    context: KeyContext,
+    grant: GrantKey,
 }
 
 impl RowKey {
     pub fn seal(&self, field: Field, plaintext: &[u8]) -> Vec<u8> {
-        self.key.seal(self.context.row(), field, plaintext)
+        self.key.seal(row_ref(&self.grant), field, plaintext)
     }
 
     pub fn open(
@@ -90,7 +78,7 @@ impl RowKey {
         field: Field,
         sealed: &[u8],
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, CryptoError> {
-        Ok(self.key.open(self.context.row(), field, sealed)?)
+        Ok(self.key.open(row_ref(&self.grant), field, sealed)?)
     }
 }
 
@@ -98,7 +86,7 @@ impl fmt::Debug for RowKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RowKey")
             .field("key", &self.key)
-            .field("context", &self.context)
+            .field("grant", &self.grant)
             .finish()
     }
 }
@@ -159,24 +147,21 @@ impl Envelope {
 
     /// A fresh data key for a row (`GenerateDataKey`), already in the cache so that reads
     /// of the row need no `Decrypt` while it stays there.
-    pub async fn new_row_key(
-        &self,
-        context: &KeyContext,
-    ) -> Result<(WrappedKey, RowKey), CryptoError> {
-        let (wrapped, plaintext) = self.kms.generate_data_key(context).await?;
+    pub async fn new_row_key(&self, grant: &GrantKey) -> Result<(WrappedKey, RowKey), CryptoError> {
+        let (wrapped, plaintext) = self.kms.generate_data_key(grant).await?;
         let key = Arc::new(SealingKey::from_bytes(&plaintext).ok_or_else(|| {
             CryptoError::KmsUnavailable(anyhow::anyhow!(
                 "KMS returned a data key of the wrong size"
             ))
         })?);
         self.cache
-            .insert(cache_key(&wrapped, context), key.clone())
+            .insert(cache_key(&wrapped, grant), key.clone())
             .await;
         Ok((
             wrapped,
             RowKey {
                 key,
-                context: context.clone(),
+                grant: grant.clone(),
             },
         ))
     }
@@ -186,21 +171,21 @@ impl Envelope {
     pub async fn row_key(
         &self,
         wrapped: &WrappedKey,
-        context: &KeyContext,
+        grant: &GrantKey,
     ) -> Result<RowKey, CryptoError> {
-        let digest = cache_key(wrapped, context);
+        let digest = cache_key(wrapped, grant);
         if let Some(key) = self.cache.get(&digest).await {
             self.metrics.unwrap_cache_hits.inc();
             return Ok(RowKey {
                 key,
-                context: context.clone(),
+                grant: grant.clone(),
             });
         }
         self.metrics.unwrap_cache_misses.inc();
         let key = self
             .cache
             .try_get_with(digest, async {
-                let plaintext = self.kms.decrypt(wrapped, context).await?;
+                let plaintext = self.kms.decrypt(wrapped, grant).await?;
                 SealingKey::from_bytes(&plaintext)
                     .map(Arc::new)
                     .ok_or(CryptoError::KeyRejected)
@@ -209,7 +194,7 @@ impl Envelope {
             .map_err(unshare)?;
         Ok(RowKey {
             key,
-            context: context.clone(),
+            grant: grant.clone(),
         })
     }
 
@@ -218,10 +203,10 @@ impl Envelope {
     pub async fn rewrap(
         &self,
         wrapped: &WrappedKey,
-        context: &KeyContext,
+        grant: &GrantKey,
         to_key_arn: &str,
     ) -> Result<WrappedKey, CryptoError> {
-        self.kms.re_encrypt(wrapped, context, to_key_arn).await
+        self.kms.re_encrypt(wrapped, grant, to_key_arn).await
     }
 
     /// The ARN of an enabled KMS key named by id, ARN or alias.
@@ -276,13 +261,13 @@ fn unshare(err: Arc<CryptoError>) -> CryptoError {
     }
 }
 
-fn cache_key(wrapped: &WrappedKey, context: &KeyContext) -> [u8; 32] {
+fn cache_key(wrapped: &WrappedKey, grant: &GrantKey) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in [
         wrapped.key_id.as_bytes(),
         &wrapped.blob,
-        context.user_id.as_bytes(),
-        context.provider.as_bytes(),
+        grant.user.as_str().as_bytes(),
+        grant.provider.as_str().as_bytes(),
     ] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
@@ -293,6 +278,14 @@ fn cache_key(wrapped: &WrappedKey, context: &KeyContext) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{ProviderName, UserId};
+
+    fn grant(user: &str, provider: &str) -> GrantKey {
+        GrantKey::new(
+            UserId::parse(user).unwrap(),
+            ProviderName::parse(provider).unwrap(),
+        )
+    }
 
     #[test]
     fn cache_key_depends_on_every_part() {
@@ -300,7 +293,7 @@ mod tests {
             key_id: "k".into(),
             blob: vec![1, 2, 3],
         };
-        let c = KeyContext::new("u", "google");
+        let c = grant("u", "google");
         let base = cache_key(&w, &c);
         assert_ne!(
             base,
@@ -322,8 +315,8 @@ mod tests {
                 &c
             )
         );
-        assert_ne!(base, cache_key(&w, &KeyContext::new("u2", "google")));
-        assert_ne!(base, cache_key(&w, &KeyContext::new("u", "microsoft")));
+        assert_ne!(base, cache_key(&w, &grant("u2", "google")));
+        assert_ne!(base, cache_key(&w, &grant("u", "microsoft")));
     }
 
     #[test]
@@ -331,12 +324,12 @@ mod tests {
         let key = SealingKey::from_bytes(&zeroize::Zeroizing::new(vec![0x41; 32])).unwrap();
         let row_key = RowKey {
             key: Arc::new(key),
-            context: KeyContext::new("u", "google"),
+            grant: grant("u", "google"),
         };
         let debug = format!("{row_key:?}");
         assert_eq!(
             debug,
-            r#"RowKey { key: SealingKey([REDACTED]), context: KeyContext { user_id: "u", provider: "google" } }"#
+            r#"RowKey { key: SealingKey([REDACTED]), grant: GrantKey { user: UserId("u"), provider: ProviderName("google") } }"#
         );
     }
 }

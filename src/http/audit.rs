@@ -45,10 +45,10 @@ pub trait Subject {
 
 impl Subject for TokenPath {
     fn user(&self) -> &UserId {
-        &self.user
+        &self.0.user
     }
     fn provider(&self) -> Option<&ProviderName> {
-        Some(&self.provider)
+        Some(&self.0.provider)
     }
 }
 

@@ -293,7 +293,9 @@ impl From<RefreshError> for ApiError {
         match err {
             RefreshError::NotFound => Self::TokenNotFound,
             RefreshError::ReauthorizationRequired => Self::ReauthorizationRequired,
-            RefreshError::ScopeExpansionRequired(missing) => Self::ScopeExpansionRequired(missing),
+            RefreshError::ScopeExpansionRequired(missing) => Self::ScopeExpansionRequired(
+                missing.iter().map(|s| s.as_str().to_owned()).collect(),
+            ),
             RefreshError::ProviderNotConfigured => Self::ProviderNotConfigured,
             RefreshError::ProviderUnavailable { retry_after } => Self::ProviderUnavailable {
                 // Round up: "retry in 0 s" would invite a hot loop.

@@ -17,7 +17,7 @@ use super::audit::AuthFailure;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Client, Permission};
-use crate::domain::{InvalidInput, ProviderName, UserId};
+use crate::domain::{GrantKey, InvalidInput, ProviderName, UserId};
 
 /// A JSON object body (`axum::Json` with our rejection).
 pub struct Json<T>(pub T);
@@ -104,20 +104,17 @@ pub struct UserParams {
 /// `Result<TokenPath, InvalidInput>` and look at the error only once the caller is
 /// authorised (see `audit::audited`): a key without the permission learns nothing about
 /// which inputs are valid.
-pub struct TokenPath {
-    pub user: UserId,
-    pub provider: ProviderName,
-}
+pub struct TokenPath(pub GrantKey);
 
 impl FromRequestParts<AppState> for TokenPath {
     type Rejection = InvalidInput;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, InvalidInput> {
         let raw = raw_path::<GrantParams>(parts, state).await?;
-        Ok(Self {
-            user: UserId::parse(&raw.user_id)?,
-            provider: ProviderName::parse(&raw.provider)?,
-        })
+        Ok(Self(GrantKey::new(
+            UserId::parse(&raw.user_id)?,
+            ProviderName::parse(&raw.provider)?,
+        )))
     }
 }
 

@@ -12,7 +12,6 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use crate::crypto::READINESS_TIMEOUT;
-use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -83,8 +82,8 @@ async fn healthz() -> axum::Json<Health> {
     ))]
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let (db, kms) = tokio::join!(
-        tokio::time::timeout(READINESS_TIMEOUT, store::probe(state.vault.db())),
-        state.vault.envelope().check_ready()
+        tokio::time::timeout(READINESS_TIMEOUT, state.vault.probe_database()),
+        state.vault.check_kms()
     );
     let db_ok = match db {
         Ok(Ok(())) => true,
@@ -117,7 +116,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     responses((status = 200, description = "Prometheus text format 0.0.4",
         body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let cached = state.vault.envelope().cached_keys().await;
+    let cached = state.vault.cached_keys().await;
     state
         .metrics
         .unwrap_cache_entries

@@ -17,11 +17,11 @@ use super::extract::{Caller, GrantParams, Json, OptionalJson, TokenPath, UserPar
 use super::AppState;
 use crate::auth::Permission;
 use crate::domain::{
-    AccessToken, InvalidInput, RefreshToken, Scope, StoredToken, TokenSet, TokenStatus,
+    AccessGrant, AccessToken, InvalidInput, ProviderName, RefreshToken, Scope, StoredToken,
+    TokenSet, TokenStatus,
 };
-use crate::refresh::AccessGrant;
 use crate::revoke;
-use crate::vault::to_millis;
+use crate::vault::{to_millis, Reveal};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -169,15 +169,15 @@ impl From<TokenStatus> for GrantStatus {
     }
 }
 
-impl From<StoredToken> for StoredTokenBody {
-    fn from(stored: StoredToken) -> Self {
+impl StoredTokenBody {
+    fn new(stored: StoredToken, provider: &ProviderName) -> Self {
         let token = stored.token;
         Self {
             access_token: token.access_token.expose().to_owned(),
             refresh_token: token.refresh_token.map(|t| t.expose().to_owned()),
             expires_at: to_millis(token.expires_at),
             scopes: token.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-            provider: stored.provider.as_str().to_owned(),
+            provider: provider.as_str().to_owned(),
             status: stored.status.into(),
         }
     }
@@ -284,7 +284,7 @@ async fn access_token(
             };
             let grant = state
                 .refresher
-                .access_token(&path.user, &path.provider, &scopes, min_validity)
+                .access_token(&path.0, &scopes, min_validity)
                 .await?;
             Ok(axum::Json(grant.into()))
         },
@@ -319,10 +319,7 @@ async fn force_refresh(
         Permission::Refresh,
         &path,
         |path| async move {
-            let grant = state
-                .refresher
-                .force_refresh(&path.user, &path.provider)
-                .await?;
+            let grant = state.refresher.force_refresh(&path.0).await?;
             Ok(axum::Json(grant.into()))
         },
     )
@@ -359,10 +356,7 @@ async fn store_token(
         |path| async move {
             let Json(body) = body?;
             let token = body.parse()?;
-            state
-                .vault
-                .store(&path.user, &path.provider, &token)
-                .await?;
+            state.vault.store(&path.0, &token).await?;
             Ok(StatusCode::NO_CONTENT)
         },
     )
@@ -387,18 +381,19 @@ async fn get_token(
     caller: Caller,
     path: Result<TokenPath, InvalidInput>,
 ) -> Result<axum::Json<StoredTokenBody>, ApiError> {
-    let with_refresh = caller.0.has(Permission::ReadRefreshToken);
+    let reveal = if caller.0.has(Permission::ReadRefreshToken) {
+        Reveal::AccessAndRefreshToken
+    } else {
+        Reveal::AccessToken
+    };
     audited(
         Event::Read,
         &caller,
         Permission::Read,
         &path,
         |path| async move {
-            let stored = state
-                .vault
-                .get(&path.user, &path.provider, with_refresh)
-                .await?;
-            Ok(axum::Json(stored.into()))
+            let stored = state.vault.get(&path.0, reveal).await?;
+            Ok(axum::Json(StoredTokenBody::new(stored, &path.0.provider)))
         },
     )
     .await
@@ -426,14 +421,8 @@ async fn delete_token(
         Permission::Revoke,
         &path,
         |path| async move {
-            revoke::revoke_and_delete(
-                &state.vault,
-                &state.providers,
-                &state.metrics,
-                &path.user,
-                &path.provider,
-            )
-            .await?;
+            revoke::revoke_and_delete(&state.vault, &state.providers, &state.metrics, &path.0)
+                .await?;
             Ok(StatusCode::NO_CONTENT)
         },
     )

@@ -2,8 +2,8 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{captured_logs, token_body, TestApp, FULL_KEY, READ_KEY};
-use crate::provider::FakeProvider;
+use test_support::provider::FakeProvider;
+use test_support::{captured_logs, token_body, TestApp, READ_KEY};
 
 fn audit_events() -> Vec<Value> {
     captured_logs()
@@ -18,44 +18,19 @@ async fn every_token_operation_leaves_one_audit_event() {
     let provider = FakeProvider::start().await;
     let app = TestApp::spawn_with_provider(&provider).await;
     let body = token_body("audit");
-    let url = app.token_url("audited-user", "google");
 
     app.put_token("audited-user", "google", &body).await;
-    app.get_token("audited-user", "google", FULL_KEY).await;
-    app.http
-        .post(format!("{url}/access-token"))
-        .bearer_auth(FULL_KEY)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    app.http
-        .post(format!("{url}/refresh"))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    app.get_token("audited-user", "google").await;
+    app.access_token_with("audited-user", "google", &json!({}))
+        .await;
+    app.force_refresh("audited-user", "google").await;
     // Refused for lack of permission: audited with its code.
-    app.http
-        .put(&url)
-        .bearer_auth(READ_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    app.http
-        .delete(&url)
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
-    app.get_token("audited-user", "google", FULL_KEY).await;
-    app.http
-        .delete(format!("{}/v1/users/audited-user/tokens", app.address))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    app.with_key(READ_KEY)
+        .put_token("audited-user", "google", &body)
+        .await;
+    app.delete_token("audited-user", "google").await;
+    app.get_token("audited-user", "google").await;
+    app.delete_user("audited-user").await;
 
     let events: Vec<(String, String, String, String, String)> = audit_events()
         .iter()
@@ -104,14 +79,20 @@ async fn every_token_operation_leaves_one_audit_event() {
 async fn failed_authentications_are_audited_rate_limited_and_all_counted() {
     let app = TestApp::spawn().await;
     let guess = "guessed-key-0123456789";
-    let url = app.token_url("alice", "google");
+    let guesser = app.with_key(guess);
     let started = std::time::Instant::now();
-    let sends = (0..30).map(|_| app.http.get(&url).bearer_auth(guess).send());
+    let sends = (0..30).map(|_| guesser.get_token("alice", "google"));
     for response in futures::future::join_all(sends).await {
-        assert_eq!(response.unwrap().status(), 401);
+        assert_eq!(response.status(), 401);
     }
     let windows = started.elapsed().as_secs() as usize + 2;
-    assert_eq!(app.http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(
+        app.without_key()
+            .get_token("alice", "google")
+            .await
+            .status(),
+        401
+    );
 
     let failed: Vec<Value> = audit_events()
         .into_iter()

@@ -1,16 +1,11 @@
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY, READ_KEY, RW_KEY};
+use test_support::{assert_problem, token_body, TestApp, FULL_KEY, READ_KEY, RW_KEY};
 
 #[tokio::test]
 async fn a_request_without_a_key_is_401() {
     let app = TestApp::spawn().await;
-    let response = app
-        .http
-        .get(app.token_url("u", "google"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.without_key().get_token("u", "google").await;
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     assert_problem(response, 401, "unauthorized").await;
 
@@ -27,7 +22,10 @@ async fn a_request_without_a_key_is_401() {
 #[tokio::test]
 async fn an_unknown_key_is_401() {
     let app = TestApp::spawn().await;
-    let response = app.get_token("u", "google", "not-a-configured-key").await;
+    let response = app
+        .with_key("not-a-configured-key")
+        .get_token("u", "google")
+        .await;
     assert_problem(response, 401, "unauthorized").await;
 }
 
@@ -35,24 +33,14 @@ async fn an_unknown_key_is_401() {
 async fn a_key_without_the_permission_is_403_and_changes_nothing() {
     let app = TestApp::spawn().await;
     let put = app
-        .http
-        .put(app.token_url("u", "google"))
-        .bearer_auth(READ_KEY)
-        .json(&token_body("forbidden"))
-        .send()
-        .await
-        .unwrap();
+        .with_key(READ_KEY)
+        .put_token("u", "google", &token_body("forbidden"))
+        .await;
     assert_problem(put, 403, "forbidden").await;
     assert_eq!(app.row_count().await, 0);
 
     app.put_token("u", "google", &token_body("kept")).await;
-    let delete = app
-        .http
-        .delete(app.token_url("u", "google"))
-        .bearer_auth(READ_KEY)
-        .send()
-        .await
-        .unwrap();
+    let delete = app.with_key(READ_KEY).delete_token("u", "google").await;
     assert_problem(delete, 403, "forbidden").await;
     assert_eq!(app.row_count().await, 1);
 }
@@ -65,7 +53,8 @@ async fn the_refresh_token_is_withheld_without_read_refresh_token() {
 
     for key in [RW_KEY, READ_KEY] {
         let got: Value = app
-            .get_token("u", "google", key)
+            .with_key(key)
+            .get_token("u", "google")
             .await
             .json()
             .await
@@ -73,25 +62,6 @@ async fn the_refresh_token_is_withheld_without_read_refresh_token() {
         assert_eq!(got["accessToken"], body["accessToken"]);
         assert!(got.get("refreshToken").is_none(), "{got}");
     }
-    let full: Value = app
-        .get_token("u", "google", FULL_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let full: Value = app.get_token("u", "google").await.json().await.unwrap();
     assert_eq!(full["refreshToken"], body["refreshToken"]);
-}
-
-#[tokio::test]
-async fn health_routes_need_no_key() {
-    let app = TestApp::spawn().await;
-    for path in ["/healthz", "/readyz", "/metrics"] {
-        let response = app
-            .http
-            .get(format!("{}{path}", app.address))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{path}");
-    }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY};
+use test_support::{assert_problem, token_body, TestApp, FULL_KEY};
 
 async fn snapshot(app: &TestApp) -> Vec<(String, String, i64, Vec<u8>)> {
     sqlx::query_as(
@@ -13,6 +13,7 @@ async fn snapshot(app: &TestApp) -> Vec<(String, String, i64, Vec<u8>)> {
     .unwrap()
 }
 
+/// `PUT` with a body as given (not necessarily JSON), which no `TestApp` method sends.
 async fn put_raw(
     app: &TestApp,
     user: &str,
@@ -228,19 +229,9 @@ async fn a_wrong_type_error_names_the_field_without_echoing_the_value() {
 async fn invalid_ids_on_reads_and_deletes_are_rejected() {
     let app = TestApp::spawn().await;
     app.put_token("alice", "google", &token_body("kept")).await;
-    let response = app.get_token("bad%20user", "google", FULL_KEY).await;
+    let response = app.get_token("bad%20user", "google").await;
     assert_problem(response, 422, "invalid_request").await;
-    let response = app
-        .http
-        .delete(format!(
-            "{}/v1/users/{}/tokens",
-            app.address,
-            "x".repeat(200)
-        ))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response = app.delete_user(&"x".repeat(200)).await;
     assert_problem(response, 422, "invalid_request").await;
     assert_eq!(app.row_count().await, 1);
 }

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{create_kms_key, kms_admin, kms_endpoint, token_body, FULL_KEY};
+use test_support::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
+use test_support::{kms_endpoint, token_body, Api, TestApp, TestDatabase, TestKmsKey, FULL_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-store");
 
@@ -17,25 +18,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn empty_database() -> String {
-    use sqlx::{Connection, Executor};
-    let server = std::env::var("TS_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("ts_e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    admin
-        .execute(format!(r#"create database "{name}""#).as_str())
-        .await
-        .unwrap();
-    format!("{server}/{name}")
-}
-
 #[tokio::test]
 async fn the_binary_migrates_serves_and_stops_cleanly_on_sigterm() {
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let database_url = empty_database().await;
+    let key = TestKmsKey::create().await;
+    let database = TestDatabase::create_empty("binary").await;
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("token-store.toml");
@@ -59,6 +45,8 @@ name = "e2e"
 key_sha256 = "{hash}"
 permissions = ["read", "write", "revoke", "read_refresh_token"]
 "#,
+            database_url = database.url(),
+            key_id = key.arn(),
             endpoint = kms_endpoint(),
             hash = token_store::auth::key_hash_hex(FULL_KEY),
         ),
@@ -85,11 +73,14 @@ permissions = ["read", "write", "revoke", "read_refresh_token"]
         .spawn()
         .unwrap();
 
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let api = Api::new(
+        reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}"),
+        Some(FULL_KEY),
+    );
     let started = Instant::now();
     loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await {
+        if let Some(r) = api.try_healthz().await {
             if r.status() == 200 {
                 break;
             }
@@ -105,35 +96,20 @@ permissions = ["read", "write", "revoke", "read_refresh_token"]
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let url = format!("{base}/v1/users/e2e-user/tokens/google");
     let body = token_body("e2e");
-    let put = http
-        .put(&url)
-        .bearer_auth(FULL_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let put = api.put_token("e2e-user", "google", &body).await;
     assert_eq!(put.status(), 204);
-    let got: Value = http
-        .get(&url)
-        .bearer_auth(FULL_KEY)
-        .send()
+    let got: Value = api
+        .get_token("e2e-user", "google")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(got["accessToken"], body["accessToken"]);
     assert_eq!(got["refreshToken"], body["refreshToken"]);
-    let deleted = http
-        .delete(&url)
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let deleted = api.delete_token("e2e-user", "google").await;
     assert_eq!(deleted.status(), 204);
-    let gone = http.get(&url).bearer_auth(FULL_KEY).send().await.unwrap();
+    let gone = api.get_token("e2e-user", "google").await;
     assert_eq!(gone.status(), 404);
 
     let kill = Command::new("kill")
@@ -188,18 +164,9 @@ async fn the_binary_refuses_to_start_without_a_kms_key() {
 
 #[tokio::test]
 async fn a_killed_lock_holder_releases_the_lock_and_another_instance_refreshes() {
-    use crate::helpers::{create_database, TestApp};
-    use crate::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
-
     let provider = FakeProvider::start().await;
     provider.set_mode(Mode::Slow(Duration::from_secs(6), &Mode::Success));
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let database_url = create_database().await;
-    let mut config = crate::helpers::config(&database_url, &key_id, &kms_endpoint());
-    config
-        .providers
-        .insert("google".into(), provider.settings());
-    let survivor = TestApp::spawn_with(config).await;
+    let survivor = TestApp::spawn_with_provider(&provider).await;
     let mut body = token_body("killed");
     body["expiresAt"] = serde_json::json!(chrono::Utc::now().timestamp_millis() - 60_000);
     survivor.put_token("alice", "google", &body).await;
@@ -236,6 +203,8 @@ name = "e2e"
 key_sha256 = "{hash}"
 permissions = ["read"]
 "#,
+            database_url = survivor.database_url,
+            key_id = survivor.key_id,
             endpoint = kms_endpoint(),
             provider = provider.url,
             hash = token_store::auth::key_hash_hex(FULL_KEY),
@@ -248,10 +217,13 @@ permissions = ["read"]
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let doomed_api = Api::new(
+        reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}"),
+        Some(FULL_KEY),
+    );
     let started = Instant::now();
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
+    while doomed_api.try_healthz().await.is_none() {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "the service did not start"
@@ -259,8 +231,8 @@ permissions = ["read"]
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let url = format!("{base}/v1/users/alice/tokens/google/access-token");
-    let pending = tokio::spawn(http.post(url).bearer_auth(FULL_KEY).send());
+    // The request fails when its instance is killed, and the task with it.
+    let pending = tokio::spawn(async move { doomed_api.access_token("alice", "google").await });
     provider.wait_for_calls(1).await;
     let advisory_locks = || async {
         sqlx::query_scalar::<_, i64>(
@@ -279,10 +251,7 @@ permissions = ["read"]
 
     doomed.kill().unwrap(); // SIGKILL
     doomed.wait().unwrap();
-    assert!(
-        pending.await.unwrap().is_err(),
-        "the killed instance never answered"
-    );
+    assert!(pending.await.is_err(), "the killed instance never answered");
 
     let released = Instant::now();
     while advisory_locks().await > 0 {
@@ -294,16 +263,7 @@ permissions = ["read"]
     }
 
     provider.set_mode(Mode::Success);
-    let response = survivor
-        .http
-        .post(format!(
-            "{}/access-token",
-            survivor.token_url("alice", "google")
-        ))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let response = survivor.access_token("alice", "google").await;
     assert_eq!(response.status(), 200);
     let fresh: Value = response.json().await.unwrap();
     assert!(fresh["accessToken"]
@@ -312,7 +272,7 @@ permissions = ["read"]
         .starts_with("ya29.fresh-"));
     assert_eq!(provider.token_calls(), 2);
     let stored: Value = survivor
-        .get_token("alice", "google", FULL_KEY)
+        .get_token("alice", "google")
         .await
         .json()
         .await

@@ -8,16 +8,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use token_store::config::{Config, ServerConfig};
+use token_store::config::ServerConfig;
 use token_store::startup::Application;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use crate::helpers::{
-    captured_logs, config, create_database, create_kms_key, kms_admin, kms_endpoint, token_body,
-    TestApp, FULL_KEY,
+use test_support::{
+    app_config, captured_logs, kms_endpoint, token_body, Api, TestApp, TestDatabase, TestKmsKey,
+    FULL_KEY,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-store");
@@ -26,19 +26,17 @@ const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
 /// Short bounds, so that the tests see them act.
 fn short(server: ServerConfig) -> ServerConfig {
     ServerConfig {
-        header_read_timeout_ms: 500,
-        idle_timeout_ms: 1_000,
-        request_timeout_ms: 1_000,
+        header_read_timeout: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
         max_connections: 50,
         ..server
     }
 }
 
-async fn test_config(server: impl FnOnce(ServerConfig) -> ServerConfig) -> Config {
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let mut config = config(&create_database().await, &key_id, &kms_endpoint());
-    config.server = server(config.server);
-    config
+/// The service in process with the [`short`] bounds.
+async fn spawn_short() -> TestApp {
+    TestApp::spawn_configured(|config| config.server = short(config.server.clone())).await
 }
 
 fn address(app: &TestApp) -> SocketAddr {
@@ -111,19 +109,19 @@ async fn used_connection(address: SocketAddr) -> (TcpStream, Instant) {
 
 async fn healthz(http: &reqwest::Client, base: &str) -> Duration {
     let started = Instant::now();
-    let response = http
-        .get(format!("{base}/healthz"))
-        .timeout(Duration::from_secs(20))
-        .send()
-        .await
-        .expect("GET /healthz answered");
+    let response = tokio::time::timeout(
+        Duration::from_secs(20),
+        Api::new(http.clone(), base, None).healthz(),
+    )
+    .await
+    .expect("GET /healthz answered");
     assert_eq!(response.status(), 200);
     started.elapsed()
 }
 
 #[tokio::test]
 async fn slowloris_connections_are_cut_off_while_requests_are_served() {
-    let app = TestApp::spawn_with(test_config(short).await).await;
+    let app = spawn_short().await;
     let address = address(&app);
 
     // 200 clients (four times the cap) send a request head a byte every 100 ms, forever.
@@ -183,7 +181,7 @@ async fn slowloris_connections_are_cut_off_while_requests_are_served() {
 
 #[tokio::test]
 async fn a_request_body_slower_than_the_deadline_gets_503_request_timeout() {
-    let app = TestApp::spawn_with(test_config(short).await).await;
+    let app = spawn_short().await;
     let mut stream = TcpStream::connect(address(&app)).await.unwrap();
     stream
         .write_all(
@@ -243,7 +241,7 @@ async fn a_request_body_slower_than_the_deadline_gets_503_request_timeout() {
 
 #[tokio::test]
 async fn h2c_is_refused_and_an_http11_request_needs_one_host() {
-    let app = TestApp::spawn_with(test_config(|s| s).await).await;
+    let app = TestApp::spawn().await;
     let h2c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -283,11 +281,15 @@ async fn h2c_is_refused_and_an_http11_request_needs_one_host() {
 /// The application built here rather than by `TestApp`, to watch its connection gauge.
 #[tokio::test]
 async fn at_the_cap_the_server_stops_accepting_and_serves_again_as_connections_close() {
-    let config = test_config(|s| ServerConfig {
+    let (database, key) = (
+        TestDatabase::create("cap").await,
+        TestKmsKey::create().await,
+    );
+    let mut config = app_config(database.url(), key.arn(), &kms_endpoint());
+    config.server = ServerConfig {
         max_connections: 20,
-        ..short(s)
-    })
-    .await;
+        ..short(config.server)
+    };
     let app = Application::build(config).await.unwrap();
     let address = app.local_addr();
     let gauge = app.state().metrics.http_connections.clone();
@@ -350,12 +352,17 @@ struct Binary {
     address: SocketAddr,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
+    // Removed after `Drop` has stopped the process.
+    _database: TestDatabase,
+    _key: TestKmsKey,
 }
 
 impl Binary {
     async fn start(server: &str) -> Self {
-        let key_id = create_kms_key(&kms_admin().await).await;
-        let database_url = create_database().await;
+        let (database, key) = (
+            TestDatabase::create("binary").await,
+            TestKmsKey::create().await,
+        );
         let address: SocketAddr = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             probe.local_addr().unwrap()
@@ -383,6 +390,8 @@ name = "connections"
 key_sha256 = "{hash}"
 permissions = ["read", "write"]
 "#,
+                database_url = database.url(),
+                key_id = key.arn(),
                 endpoint = kms_endpoint(),
                 hash = token_store::auth::key_hash_hex(FULL_KEY),
             ),
@@ -402,15 +411,12 @@ permissions = ["read", "write"]
             address,
             log,
             _dir: dir,
+            _database: database,
+            _key: key,
         };
-        let http = reqwest::Client::new();
+        let api = Api::new(reqwest::Client::new(), &binary.base, None);
         let started = Instant::now();
-        while http
-            .get(format!("{}/healthz", binary.base))
-            .send()
-            .await
-            .is_err()
-        {
+        while api.try_healthz().await.is_none() {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "the service did not start"
@@ -454,9 +460,9 @@ permissions = ["read", "write"]
     }
 
     async fn connections_gauge(&self) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.base))
+        let text = Api::new(reqwest::Client::new(), &self.base, None)
+            .metrics()
             .await
-            .unwrap()
             .text()
             .await
             .unwrap();

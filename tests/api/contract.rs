@@ -2,17 +2,12 @@
 
 use serde_json::Value;
 
-use crate::helpers::TestApp;
+use test_support::TestApp;
 
 #[tokio::test]
 async fn the_served_contract_is_the_committed_openapi_json() {
     let app = TestApp::spawn().await;
-    let response = app
-        .http
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap();
+    let response = app.openapi_json().await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     let served = response.text().await.unwrap();

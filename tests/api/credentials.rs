@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
-use crate::helpers::{
-    config, create_database, create_kms_key, kms_admin, kms_endpoint, token_body, TestApp, FULL_KEY,
+use test_support::{
+    app_config, database_server_url, kms_endpoint, token_body, OnDrop, TestApp, TestDatabase,
+    TestKmsKey,
 };
 
 async fn secrets_manager() -> aws_sdk_secretsmanager::Client {
@@ -36,9 +37,25 @@ async fn session_users(app: &TestApp) -> Vec<String> {
 
 #[tokio::test]
 async fn the_service_follows_a_rotated_secret_without_a_restart() {
-    let database_url = create_database().await;
     let tag = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let (first, second) = (format!("ts_app_a_{tag}"), format!("ts_app_b_{tag}"));
+    // Roles belong to the server, not to a database: dropped after the database (declared
+    // before it), when no session of theirs is left.
+    let _roles = {
+        let roles = [first.clone(), second.clone()];
+        OnDrop::new("dropping the test's roles", move || async move {
+            let server = database_server_url();
+            let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
+            for role in roles {
+                sqlx::query(&format!(r#"drop role if exists "{role}""#))
+                    .execute(&mut admin)
+                    .await?;
+            }
+            Ok(())
+        })
+    };
+    let database = TestDatabase::create("credentials").await;
+    let database_url = database.url().to_owned();
     let mut admin = PgConnection::connect(&database_url).await.unwrap();
     for user in [&first, &second] {
         sqlx::query(&format!(
@@ -61,20 +78,30 @@ async fn the_service_follows_a_rotated_secret_without_a_restart() {
         .send()
         .await
         .expect("creating a secret in LocalStack (scripts/localstack.sh starts Secrets Manager)");
+    let _secret = {
+        let name = secret_name.clone();
+        OnDrop::new("deleting the test's secret", move || async move {
+            secrets_manager()
+                .await
+                .delete_secret()
+                .secret_id(name)
+                .force_delete_without_recovery(true)
+                .send()
+                .await?;
+            Ok(())
+        })
+    };
 
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let mut config = config(&database_url, &key_id, &kms_endpoint());
+    let key = TestKmsKey::create().await;
+    let mut config = app_config(&database_url, key.arn(), &kms_endpoint());
     config.database.password_secret_arn = Some(secret_name.clone());
-    config.database.password_refresh_seconds = 1;
+    config.database.password_refresh_interval = Duration::from_secs(1);
     let app = TestApp::spawn_with(config).await;
 
     // Everything the service does works with the application role's privileges.
     let body = token_body("rotating");
     assert_eq!(app.put_token("alice", "google", &body).await.status(), 204);
-    assert_eq!(
-        app.get_token("alice", "google", FULL_KEY).await.status(),
-        200
-    );
+    assert_eq!(app.get_token("alice", "google").await.status(), 200);
     assert_eq!(session_users(&app).await, vec![first.clone()]);
 
     // Rotation: the secret names the other user, then the old one is disabled and its
@@ -99,7 +126,7 @@ async fn the_service_follows_a_rotated_secret_without_a_restart() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let read = loop {
-        let read = app.get_token("alice", "google", FULL_KEY).await;
+        let read = app.get_token("alice", "google").await;
         if read.status() == 200 || Instant::now() > deadline {
             break read;
         }
@@ -116,13 +143,7 @@ async fn the_service_follows_a_rotated_secret_without_a_restart() {
             .status(),
         204
     );
-    let deleted = app
-        .http
-        .delete(app.token_url("bob", "google"))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_token("bob", "google").await;
     assert_eq!(deleted.status(), 204);
     assert_eq!(session_users(&app).await, vec![second.clone()]);
 

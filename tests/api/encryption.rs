@@ -6,7 +6,8 @@ use aws_sdk_kms::primitives::Blob;
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::helpers::{token_body, TestApp, FULL_KEY};
+use test_support::{token_body, TestApp};
+use token_store::crypto::{KmsOperation, KmsOutcome};
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
@@ -80,7 +81,7 @@ async fn assert_read_fails_without_leaking(
     provider: &str,
     secrets: &[&str],
 ) {
-    let response = app.get_token(user, provider, FULL_KEY).await;
+    let response = app.get_token(user, provider).await;
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     assert_eq!(status, 500, "{text}");
@@ -113,10 +114,7 @@ async fn a_ciphertext_copied_to_another_row_fails_to_open() {
     ];
     assert_read_fails_without_leaking(&app, "bob", "google", &secrets).await;
     // The source row still reads.
-    assert_eq!(
-        app.get_token("alice", "google", FULL_KEY).await.status(),
-        200
-    );
+    assert_eq!(app.get_token("alice", "google").await.status(), 200);
 }
 
 #[tokio::test]
@@ -156,7 +154,10 @@ async fn a_whole_envelope_copied_to_another_row_is_refused_by_kms() {
     assert_eq!(
         cold.metric(
             "token_store_kms_requests_total",
-            &[("operation", "Decrypt"), ("outcome", "refused")]
+            &[
+                ("operation", KmsOperation::Decrypt.as_str()),
+                ("outcome", KmsOutcome::Refused.as_str())
+            ]
         )
         .await,
         1.0
@@ -171,7 +172,7 @@ async fn a_whole_envelope_copied_to_another_row_is_refused_on_a_warm_instance_to
     app.put_token("bob", "google", &token_body("warm-b")).await;
     // Both keys are cached here (stored by this instance, then read).
     for user in ["alice", "bob"] {
-        assert_eq!(app.get_token(user, "google", FULL_KEY).await.status(), 200);
+        assert_eq!(app.get_token(user, "google").await.status(), 200);
     }
     for column in ["wrapped_data_key", "access_token_ct", "refresh_token_ct"] {
         copy_column(&app, column, ("alice", "google"), ("bob", "google")).await;
@@ -183,7 +184,10 @@ async fn a_whole_envelope_copied_to_another_row_is_refused_on_a_warm_instance_to
     assert_eq!(
         app.metric(
             "token_store_kms_requests_total",
-            &[("operation", "Decrypt"), ("outcome", "refused")]
+            &[
+                ("operation", KmsOperation::Decrypt.as_str()),
+                ("outcome", KmsOutcome::Refused.as_str())
+            ]
         )
         .await,
         1.0
@@ -252,5 +256,5 @@ async fn every_store_gets_its_own_data_key() {
         "a new store must get a new data key"
     );
     assert_ne!(keys[0], keys[1]);
-    assert_eq!(app.kms_calls("GenerateDataKey").await, 3.0);
+    assert_eq!(app.kms_calls(KmsOperation::GenerateDataKey).await, 3.0);
 }

@@ -7,11 +7,11 @@ use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgConnection};
 use token_store::startup::LOCK_APPLICATION_NAME;
 
-use crate::helpers::{
-    assert_problem, config, create_database, create_kms_key, kms_admin, kms_endpoint, token_body,
-    TestApp, FULL_KEY,
+use test_support::provider::{FakeProvider, Mode};
+use test_support::{
+    app_config, assert_problem, kms_endpoint, token_body, TestApp, TestDatabase, TestKmsKey,
 };
-use crate::provider::{FakeProvider, Mode};
+
 use crate::proxy::Proxy;
 
 /// A session of the test's own that holds `integration_tokens` locked until dropped.
@@ -34,7 +34,7 @@ async fn a_locked_table_gives_503_database_unavailable_in_bounded_time_and_readi
     // The default lock_timeout is 2 s and statement_timeout 5 s; a request that hung until
     // the lock went would take as long as the lock is held (here: until the end).
     let started = Instant::now();
-    let read = app.get_token("alice", "google", FULL_KEY).await;
+    let read = app.get_token("alice", "google").await;
     let first_error = started.elapsed();
     assert!(read.headers().contains_key("retry-after"));
     assert_problem(read, 503, "database_unavailable").await;
@@ -54,33 +54,32 @@ async fn a_locked_table_gives_503_database_unavailable_in_bounded_time_and_readi
     assert!(probe_time < Duration::from_secs(3), "{probe_time:?}");
 
     drop(lock);
-    let read = app.get_token("alice", "google", FULL_KEY).await;
+    let read = app.get_token("alice", "google").await;
     assert_eq!(read.status(), 200);
     assert_eq!(app.readyz().await.status(), 200);
 }
 
 #[tokio::test]
 async fn a_database_that_goes_away_gives_503_then_serves_again_without_restart() {
-    let database_url = create_database().await;
-    let mut url = reqwest::Url::parse(&database_url).unwrap();
+    let (database, key) = (
+        TestDatabase::create("away").await,
+        TestKmsKey::create().await,
+    );
+    let mut url = reqwest::Url::parse(database.url()).unwrap();
     let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let proxy = Proxy::start(&upstream).await;
     let proxied = reqwest::Url::parse(&proxy.url()).unwrap();
     url.set_port(proxied.port()).unwrap();
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let mut config = config(url.as_str(), &key_id, &kms_endpoint());
-    config.database.acquire_timeout_ms = 1_000;
+    let mut config = app_config(url.as_str(), key.arn(), &kms_endpoint());
+    config.database.acquire_timeout = Duration::from_secs(1);
     let app = TestApp::spawn_with(config).await;
     let body = token_body("away");
     assert_eq!(app.put_token("alice", "google", &body).await.status(), 204);
-    assert_eq!(
-        app.get_token("alice", "google", FULL_KEY).await.status(),
-        200
-    );
+    assert_eq!(app.get_token("alice", "google").await.status(), 200);
 
     proxy.down();
     for _ in 0..2 {
-        let read = app.get_token("alice", "google", FULL_KEY).await;
+        let read = app.get_token("alice", "google").await;
         assert!(read.headers().contains_key("retry-after"));
         assert_problem(read, 503, "database_unavailable").await;
         let write = app.put_token("bob", "google", &token_body("b")).await;
@@ -91,7 +90,7 @@ async fn a_database_that_goes_away_gives_503_then_serves_again_without_restart()
     proxy.up().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let read = app.get_token("alice", "google", FULL_KEY).await;
+        let read = app.get_token("alice", "google").await;
         if read.status() == 200 {
             let read: Value = read.json().await.unwrap();
             assert_eq!(read["accessToken"], body["accessToken"]);
@@ -126,17 +125,17 @@ async fn hold_refresh_lock(app: &TestApp, user: &str, provider: &str) -> PgConne
 #[tokio::test]
 async fn a_busy_refresh_lock_serves_a_still_valid_token_and_503s_an_expired_one() {
     let provider = FakeProvider::start().await;
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let mut config = config(&create_database().await, &key_id, &kms_endpoint());
-    config
-        .providers
-        .insert("google".into(), provider.settings());
-    config.refresh.lock_timeout_ms = 1_500;
-    config.refresh.provider_timeout_ms = 1_000;
-    // One lock connection: a flight waiting on a held lock keeps it, and the next pair's
-    // flight cannot get one.
-    config.database.lock_pool_connections = 1;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_configured(|config| {
+        config
+            .providers
+            .insert("google".into(), provider.settings());
+        config.refresh.lock_timeout = Duration::from_millis(1_500);
+        config.refresh.provider_timeout = Duration::from_secs(1);
+        // One lock connection: a flight waiting on a held lock keeps it, and the next pair's
+        // flight cannot get one.
+        config.database.lock_pool_connections = 1;
+    })
+    .await;
     let alice = still_valid_body("alice");
     let bob = still_valid_body("bob");
     let mut carol = token_body("carol");
@@ -152,9 +151,8 @@ async fn a_busy_refresh_lock_serves_a_still_valid_token_and_503s_an_expired_one(
         held.push(hold_refresh_lock(&app, user, "google").await);
     }
     let access = |user: &'static str| {
-        let http = app.http.clone();
-        let url = format!("{}/access-token", app.token_url(user, "google"));
-        async move { http.post(url).bearer_auth(FULL_KEY).send().await.unwrap() }
+        let api = app.api();
+        async move { api.access_token(user, "google").await }
     };
     let later = |user: &'static str| async move {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -193,41 +191,9 @@ async fn the_lock_pool_connects_only_when_a_refresh_needs_it() {
         .unwrap()
     };
     app.put_token("alice", "google", &token_body("lazy")).await;
-    app.get_token("alice", "google", FULL_KEY).await;
+    app.get_token("alice", "google").await;
     assert_eq!(lock_sessions().await, 0);
     let refreshed = app.force_refresh("alice", "google").await;
     assert_eq!(refreshed.status(), 200);
     assert_eq!(lock_sessions().await, 1);
-}
-
-#[tokio::test]
-async fn readiness_asks_kms_once_per_cache_period() {
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let mut config = config(&create_database().await, &key_id, &kms_endpoint());
-    config.kms.readiness_cache_ms = 60_000;
-    let app = TestApp::spawn_with(config).await;
-    for _ in 0..5 {
-        assert_eq!(app.readyz().await.status(), 200);
-    }
-    assert_eq!(app.kms_calls("DescribeKey").await, 1.0);
-}
-
-#[tokio::test]
-async fn readiness_is_bounded_when_kms_does_not_answer() {
-    // A port that takes connections (the kernel's backlog) and never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = format!("http://{}", silent.local_addr().unwrap());
-    let key_id = create_kms_key(&kms_admin().await).await;
-    let mut config = config(&create_database().await, &key_id, &endpoint);
-    config.kms.timeout_ms = 20_000;
-    let app = TestApp::spawn_with(config).await;
-    let started = Instant::now();
-    let ready = app.readyz().await;
-    let took = started.elapsed();
-    assert_eq!(ready.status(), 503);
-    let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready["kms"], "unavailable");
-    assert_eq!(ready["database"], "ok");
-    eprintln!("readiness with a silent KMS answered in {took:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
 }

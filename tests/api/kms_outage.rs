@@ -2,18 +2,14 @@
 
 use serde_json::Value;
 
-use crate::helpers::{
-    assert_problem, config, create_database, create_kms_key, kms_admin, kms_endpoint, token_body,
-    TestApp, FULL_KEY,
-};
+use test_support::{assert_problem, kms_endpoint, token_body, TestApp};
+
 use crate::proxy::Proxy;
 
 #[tokio::test]
 async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart() {
-    let kms = kms_admin().await;
-    let key_id = create_kms_key(&kms).await;
     let proxy = Proxy::start(&kms_endpoint()).await;
-    let app = TestApp::spawn_with(config(&create_database().await, &key_id, &proxy.url())).await;
+    let app = TestApp::spawn_configured(|config| config.kms.endpoint_url = Some(proxy.url())).await;
 
     let cached = token_body("cached");
     assert_eq!(
@@ -46,7 +42,7 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
     assert_eq!(version_after, version_before);
 
     // A read whose key is cached still succeeds.
-    let got = app.get_token("alice", "google", FULL_KEY).await;
+    let got = app.get_token("alice", "google").await;
     assert_eq!(got.status(), 200);
     let got: Value = got.json().await.unwrap();
     assert_eq!(got["accessToken"], cached["accessToken"]);
@@ -66,18 +62,17 @@ async fn writes_fail_closed_while_kms_is_unreachable_and_recover_without_restart
 
 #[tokio::test]
 async fn a_cold_read_while_kms_is_unreachable_is_503_kms_unavailable() {
-    let kms = kms_admin().await;
-    let key_id = create_kms_key(&kms).await;
-    let database_url = create_database().await;
-    let writer = TestApp::spawn_with(config(&database_url, &key_id, &kms_endpoint())).await;
+    let writer = TestApp::spawn().await;
     writer
         .put_token("alice", "google", &token_body("cold"))
         .await;
 
     let proxy = Proxy::start(&kms_endpoint()).await;
     proxy.down();
-    let reader = TestApp::spawn_with(config(&database_url, &key_id, &proxy.url())).await;
-    let response = reader.get_token("alice", "google", FULL_KEY).await;
+    let reader = writer
+        .sibling_with(|config| config.kms.endpoint_url = Some(proxy.url()))
+        .await;
+    let response = reader.get_token("alice", "google").await;
     assert_problem(response, 503, "kms_unavailable").await;
 }
 

@@ -5,7 +5,7 @@ use futures::future::join_all;
 use serde_json::Value;
 use token_store::lookups::APPLICATION_NAME;
 
-use crate::helpers::{token_body, TestApp, FULL_KEY};
+use test_support::{token_body, TestApp};
 
 #[tokio::test]
 async fn concurrent_reads_of_many_pairs_each_get_their_own_row() {
@@ -41,7 +41,7 @@ async fn concurrent_reads_of_many_pairs_each_get_their_own_row() {
     }
     let reads = wanted
         .iter()
-        .map(|(user, provider, _)| app.get_token(user, provider, FULL_KEY));
+        .map(|(user, provider, _)| app.get_token(user, provider));
     let responses = join_all(reads).await;
     for ((user, provider, expected), response) in wanted.iter().zip(responses) {
         match expected {
@@ -70,10 +70,7 @@ async fn a_read_survives_the_server_closing_the_reading_connection() {
     let app = TestApp::spawn().await;
     let body = token_body("reconnect");
     app.put_token("alice", "google", &body).await;
-    assert_eq!(
-        app.get_token("alice", "google", FULL_KEY).await.status(),
-        200
-    );
+    assert_eq!(app.get_token("alice", "google").await.status(), 200);
 
     let reading_pids = || async {
         sqlx::query_scalar::<_, i32>(
@@ -94,7 +91,7 @@ async fn a_read_survives_the_server_closing_the_reading_connection() {
         .unwrap();
     assert!(terminated);
 
-    let response = app.get_token("alice", "google", FULL_KEY).await;
+    let response = app.get_token("alice", "google").await;
     assert_eq!(response.status(), 200);
     let read: Value = response.json().await.unwrap();
     assert_eq!(read["accessToken"], body["accessToken"]);

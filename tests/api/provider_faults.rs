@@ -4,22 +4,10 @@
 use serde_json::{json, Value};
 use token_store::providers::MAX_RESPONSE_BYTES;
 
-use crate::helpers::{assert_problem, captured_logs, token_body, TestApp, FULL_KEY};
-use crate::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
-
-/// A stored token that expired a minute ago.
-fn expired_body(tag: &str) -> Value {
-    let mut body = token_body(tag);
-    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() - 60_000);
-    body
-}
-
-/// A stored token that is still valid but inside the refresh buffer (5 minutes).
-fn expiring_body(tag: &str) -> Value {
-    let mut body = token_body(tag);
-    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() + 60_000);
-    body
-}
+use test_support::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
+use test_support::{
+    assert_problem, captured_logs, expired_body, expiring_body, token_body, TestApp,
+};
 
 async fn last_refresh_error(app: &TestApp, user: &str) -> Option<String> {
     sqlx::query_scalar(
@@ -244,12 +232,7 @@ async fn pins_current_behaviour_for(code: &str) {
 
         let forced = app.force_refresh(&user, "google").await;
         assert_problem(forced, 409, "reauthorization_required").await;
-        let stored: Value = app
-            .get_token(&user, "google", FULL_KEY)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let stored: Value = app.get_token(&user, "google").await.json().await.unwrap();
         assert_eq!(stored["status"], "reauthorization_required", "{status}");
         assert_eq!(last_refresh_error(&app, &user).await.as_deref(), Some(code));
     }

@@ -3,16 +3,10 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY};
-use crate::provider::{FakeProvider, Mode};
-
-fn expired_body(tag: &str) -> Value {
-    let mut body = token_body(tag);
-    body["expiresAt"] = json!(chrono::Utc::now().timestamp_millis() - 60_000);
-    body
-}
+use test_support::provider::{FakeProvider, Mode};
+use test_support::{assert_problem, expired_body, token_body, TestApp};
 
 /// Starts `POST .../{route}` for alice in the background, once the provider is slow.
 async fn start_refresh(
@@ -21,10 +15,15 @@ async fn start_refresh(
     route: &str,
 ) -> tokio::task::JoinHandle<reqwest::Response> {
     provider.set_mode(Mode::Slow(Duration::from_millis(800), &Mode::Success));
-    let http = app.http.clone();
-    let url = format!("{}/{route}", app.token_url("alice", "google"));
-    let pending =
-        tokio::spawn(async move { http.post(url).bearer_auth(FULL_KEY).send().await.unwrap() });
+    let api = app.api();
+    let route = route.to_owned();
+    let pending = tokio::spawn(async move {
+        match route.as_str() {
+            "access-token" => api.access_token("alice", "google").await,
+            "refresh" => api.force_refresh("alice", "google").await,
+            other => unreachable!("no route {other}"),
+        }
+    });
     provider.wait_for_calls(1).await;
     pending
 }
@@ -36,16 +35,10 @@ async fn a_refresh_racing_a_delete_ends_in_404_and_nothing_is_resurrected() {
     for route in ["access-token", "refresh"] {
         app.put_token("alice", "google", &expired_body(route)).await;
         let pending = start_refresh(&app, &provider, route).await;
-        let deleted = app
-            .http
-            .delete(app.token_url("alice", "google"))
-            .bearer_auth(FULL_KEY)
-            .send()
-            .await
-            .unwrap();
+        let deleted = app.delete_token("alice", "google").await;
         assert_eq!(deleted.status(), 204);
         assert_problem(pending.await.unwrap(), 404, "token_not_found").await;
-        let read = app.get_token("alice", "google", FULL_KEY).await;
+        let read = app.get_token("alice", "google").await;
         assert_problem(read, 404, "token_not_found").await;
         assert_eq!(
             app.row_count().await,
@@ -69,12 +62,7 @@ async fn a_successful_refresh_racing_a_new_consent_serves_and_keeps_the_new_cons
         assert_eq!(answered.status(), 200, "{route}");
         let answered: Value = answered.json().await.unwrap();
         assert_eq!(answered["accessToken"], fresh["accessToken"], "{route}");
-        let stored: Value = app
-            .get_token("alice", "google", FULL_KEY)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let stored: Value = app.get_token("alice", "google").await.json().await.unwrap();
         assert_eq!(stored["accessToken"], fresh["accessToken"], "{route}");
         assert_eq!(stored["refreshToken"], fresh["refreshToken"], "{route}");
     }

@@ -3,12 +3,9 @@
 use std::process::Command;
 
 use serde_json::Value;
-use token_store::config::KmsConfig;
-use token_store::crypto::{CacheSettings, Envelope};
-use token_store::metrics::Metrics;
+use test_support::{kms_endpoint, token_body, TestApp, TestKmsKey};
+use token_store::crypto::KmsOperation;
 use token_store::rewrap::{rewrap_all, RewrapOptions};
-
-use crate::helpers::{create_kms_key, kms_endpoint, token_body, TestApp, FULL_KEY};
 
 async fn key_ids(app: &TestApp) -> Vec<String> {
     sqlx::query_scalar("select distinct kms_key_id from integration_tokens")
@@ -17,16 +14,15 @@ async fn key_ids(app: &TestApp) -> Vec<String> {
         .unwrap()
 }
 
-/// A fresh instance (cold cache) whose configured key is `key_id`.
+/// A fresh instance (cold cache) on `app`'s database, whose configured key is `key_id`.
 async fn instance_with_key(app: &TestApp, key_id: &str) -> TestApp {
-    let mut config = app.config();
-    config.kms.key_id = Some(key_id.to_owned());
-    TestApp::spawn_with(config).await
+    app.sibling_with(|config| config.kms.key_id = Some(key_id.to_owned()))
+        .await
 }
 
 async fn assert_all_read_back(app: &TestApp, expected: &[(String, Value)]) {
     for (user, body) in expected {
-        let response = app.get_token(user, "google", FULL_KEY).await;
+        let response = app.get_token(user, "google").await;
         assert_eq!(response.status(), 200, "{user}");
         let got: Value = response.json().await.unwrap();
         assert_eq!(got["accessToken"], body["accessToken"], "{user}");
@@ -44,7 +40,8 @@ async fn rewrap_moves_every_key_and_tokens_read_back_after_the_old_key_is_disabl
         app.put_token(&user, "google", &body).await;
         stored.push((user, body));
     }
-    let new_key = create_kms_key(&app.kms).await;
+    let key = TestKmsKey::create().await;
+    let new_key = key.arn().to_owned();
 
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("token-store.toml");
@@ -87,12 +84,12 @@ async fn rewrap_moves_every_key_and_tokens_read_back_after_the_old_key_is_disabl
     );
     assert!(stdout.contains("25 rewrapped"), "{stdout}");
     assert_eq!(key_ids(&app).await, vec![new_key.clone()]);
-    assert_eq!(app.kms_calls("GenerateDataKey").await, 25.0);
+    assert_eq!(app.kms_calls(KmsOperation::GenerateDataKey).await, 25.0);
 
     app.disable_kms_key().await;
     let reader = instance_with_key(&app, &new_key).await;
     assert_all_read_back(&reader, &stored).await;
-    assert_eq!(reader.kms_calls("Decrypt").await, 25.0);
+    assert_eq!(reader.kms_calls(KmsOperation::Decrypt).await, 25.0);
 
     // Idempotent: a second run finds nothing to do.
     let second = rewrap();
@@ -111,20 +108,11 @@ async fn rewrap_does_not_lose_rows_written_concurrently() {
         app.put_token(&user, "google", &body).await;
         stored.push((user, body));
     }
-    let new_key = create_kms_key(&app.kms).await;
-    let envelope = Envelope::new(
-        token_store::startup::kms_client(&KmsConfig {
-            endpoint_url: Some(kms_endpoint()),
-            ..KmsConfig::default()
-        })
-        .await,
-        new_key.clone(),
-        CacheSettings {
-            ttl: std::time::Duration::from_secs(60),
-            max_entries: 10,
-        },
-        Metrics::new(),
-    );
+    let key = TestKmsKey::create().await;
+    let new_key = key.arn().to_owned();
+    let vault = token_store::startup::job_vault(&app.config(), new_key.clone())
+        .await
+        .unwrap();
     let options = RewrapOptions {
         batch_size: 5,
         concurrency: 2,
@@ -144,10 +132,7 @@ async fn rewrap_does_not_lose_rows_written_concurrently() {
         }
         last
     };
-    let (report, last_writes) = tokio::join!(
-        rewrap_all(&app.db, &envelope, &new_key, options, |_| {}),
-        writes
-    );
+    let (report, last_writes) = tokio::join!(rewrap_all(&vault, &new_key, options, |_| {}), writes);
     let report = report.unwrap();
     assert!(report.rewrapped > 0);
     for (user, body) in last_writes {
@@ -160,15 +145,9 @@ async fn rewrap_does_not_lose_rows_written_concurrently() {
     assert_all_read_back(&reader, &stored).await;
 
     // The next run converges; then the old key can go.
-    let report = rewrap_all(
-        &app.db,
-        &envelope,
-        &new_key,
-        RewrapOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let report = rewrap_all(&vault, &new_key, RewrapOptions::default(), |_| {})
+        .await
+        .unwrap();
     assert_eq!(report.remaining, 0);
     app.disable_kms_key().await;
     let reader = instance_with_key(&app, &new_key).await;

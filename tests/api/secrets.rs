@@ -2,8 +2,8 @@
 
 use serde_json::json;
 
-use crate::helpers::{captured_logs, token_body, TestApp, FULL_KEY, RW_KEY};
-use crate::provider::{FakeProvider, Mode, CLIENT_SECRET};
+use test_support::provider::{FakeProvider, Mode, CLIENT_SECRET};
+use test_support::{captured_logs, token_body, TestApp, FULL_KEY, RW_KEY};
 
 #[tokio::test]
 async fn logs_of_a_whole_session_contain_no_token() {
@@ -15,50 +15,28 @@ async fn logs_of_a_whole_session_contain_no_token() {
     let refresh = body["refreshToken"].as_str().unwrap().to_owned();
 
     app.put_token("alice", "google", &body).await;
-    app.get_token("alice", "google", FULL_KEY).await;
-    app.get_token("alice", "google", RW_KEY).await;
+    app.get_token("alice", "google").await;
+    app.with_key(RW_KEY).get_token("alice", "google").await;
     // A refresh with rotation, then a revocation at the provider.
-    let refreshed = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let refreshed = app.force_refresh("alice", "google").await;
     assert_eq!(refreshed.status(), 200);
     app.put_token("carol", "google", &body).await;
-    app.http
-        .delete(app.token_url("carol", "google"))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    app.delete_token("carol", "google").await;
     assert_eq!(provider.revoked().len(), 1);
     // A cold read through another instance, so KMS Decrypt runs and logs too.
-    app.sibling()
-        .await
-        .get_token("alice", "google", FULL_KEY)
-        .await;
+    app.sibling().await.get_token("alice", "google").await;
     // Failures: tampered ciphertext (500), bad input carrying the token, an unknown key
     // that is a token.
     sqlx::query("update integration_tokens set refresh_token_ct = access_token_ct")
         .execute(&app.db)
         .await
         .unwrap();
-    assert_eq!(
-        app.get_token("alice", "google", FULL_KEY).await.status(),
-        500
-    );
+    assert_eq!(app.get_token("alice", "google").await.status(), 500);
     let mut bad = body.clone();
     bad["expiresAt"] = json!(access.clone());
     app.put_token("alice", "google", &bad).await;
-    app.get_token("alice", "google", &refresh).await;
-    app.http
-        .delete(app.token_url("alice", "google"))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    app.with_key(&refresh).get_token("alice", "google").await;
+    app.delete_token("alice", "google").await;
 
     let logs = captured_logs();
     assert!(logs.contains("alice"), "the logs were captured");

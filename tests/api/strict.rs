@@ -4,8 +4,11 @@
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY};
-use crate::provider::{FakeProvider, Mode};
+use test_support::provider::{FakeProvider, Mode};
+use test_support::{
+    assert_problem, token_body, Api, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY,
+};
+use token_store::revoke::RevocationOutcome;
 
 #[tokio::test]
 async fn a_put_with_an_unknown_field_is_422_and_stores_nothing() {
@@ -101,11 +104,12 @@ async fn dot_and_dot_dot_are_not_user_ids() {
 #[tokio::test]
 async fn the_permission_is_checked_before_any_input_is_validated() {
     let app = TestApp::spawn().await;
-    let bad_user = format!("{}/v1/users/{}/tokens/google", app.address, "u".repeat(200));
+    let bad_user = "u".repeat(200);
+    let bad_user_url = app.token_url(&bad_user, "google");
     // A reader writing garbage to an invalid user learns only that it may not write.
     let put = app
         .http
-        .put(&bad_user)
+        .put(&bad_user_url)
         .bearer_auth(READ_KEY)
         .header("content-type", "application/json")
         .body("{not json")
@@ -114,22 +118,15 @@ async fn the_permission_is_checked_before_any_input_is_validated() {
         .unwrap();
     assert_problem(put, 403, "forbidden").await;
     let refresh = app
-        .http
-        .post(format!("{bad_user}/refresh"))
-        .bearer_auth(READ_KEY)
-        .send()
-        .await
-        .unwrap();
+        .with_key(READ_KEY)
+        .force_refresh(&bad_user, "google")
+        .await;
     assert_problem(refresh, 403, "forbidden").await;
     // With the permission, the same input is a 422.
     let put = app
-        .http
-        .put(&bad_user)
-        .bearer_auth(RW_KEY)
-        .json(&token_body("x"))
-        .send()
-        .await
-        .unwrap();
+        .with_key(RW_KEY)
+        .put_token(&bad_user, "google", &token_body("x"))
+        .await;
     assert_problem(put, 422, "invalid_request").await;
 }
 
@@ -140,25 +137,16 @@ async fn refresh_needs_refresh_and_deletes_need_revoke() {
     let app = TestApp::spawn_with_provider(&provider).await;
     app.put_token("alice", "google", &token_body("perm")).await;
     let refresh = app
-        .http
-        .post(format!("{}/refresh", app.token_url("alice", "google")))
-        .bearer_auth(READ_KEY)
-        .send()
-        .await
-        .unwrap();
+        .with_key(READ_KEY)
+        .force_refresh("alice", "google")
+        .await;
     assert_problem(refresh, 403, "forbidden").await;
     assert_eq!(provider.token_calls(), 0);
-    for url in [
-        app.token_url("alice", "google"),
-        format!("{}/v1/users/alice/tokens", app.address),
+    let writer = app.with_key(WRITE_KEY);
+    for delete in [
+        writer.delete_token("alice", "google").await,
+        writer.delete_user("alice").await,
     ] {
-        let delete = app
-            .http
-            .delete(url)
-            .bearer_auth(WRITE_KEY)
-            .send()
-            .await
-            .unwrap();
         assert_problem(delete, 403, "forbidden").await;
     }
     assert_eq!(app.row_count().await, 1);
@@ -172,25 +160,10 @@ async fn provider_names_and_methods_of_callers_never_become_metric_labels() {
         let provider = format!("invented-{n}");
         app.put_token("alice", &provider, &token_body("label"))
             .await;
-        for route in ["refresh", "access-token"] {
-            let mut body = json!({});
-            if route == "access-token" {
-                body = json!({"minValiditySeconds": 86400});
-            }
-            app.http
-                .post(format!("{}/{route}", app.token_url("alice", &provider)))
-                .bearer_auth(FULL_KEY)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-        }
-        app.http
-            .delete(app.token_url("alice", &provider))
-            .bearer_auth(FULL_KEY)
-            .send()
-            .await
-            .unwrap();
+        app.force_refresh("alice", &provider).await;
+        app.access_token_with("alice", &provider, &json!({"minValiditySeconds": 86400}))
+            .await;
+        app.delete_token("alice", &provider).await;
     }
     let odd_method = reqwest::Method::from_bytes(b"INVENTEDMETHOD").unwrap();
     app.http
@@ -200,15 +173,7 @@ async fn provider_names_and_methods_of_callers_never_become_metric_labels() {
         .await
         .unwrap();
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await.text().await.unwrap();
     assert!(!metrics.contains("invented"), "{metrics}");
     assert!(!metrics.contains("INVENTEDMETHOD"), "{metrics}");
     assert!(metrics.contains(r#"provider="unconfigured""#), "{metrics}");
@@ -216,7 +181,10 @@ async fn provider_names_and_methods_of_callers_never_become_metric_labels() {
     let refreshes: Value = json!(
         app.metric(
             "token_store_refreshes_total",
-            &[("provider", "unconfigured"), ("outcome", "not_configured")]
+            &[
+                ("provider", "unconfigured"),
+                ("outcome", RevocationOutcome::NotConfigured.as_str())
+            ]
         )
         .await
     );
@@ -225,36 +193,23 @@ async fn provider_names_and_methods_of_callers_never_become_metric_labels() {
 
 #[tokio::test]
 async fn with_a_metrics_listener_metrics_are_served_there_only() {
-    let mut config = TestApp::spawn().await.config();
-    config.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-    let app = TestApp::spawn_with(config).await;
-    let main = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap();
+    let app = TestApp::spawn_configured(|config| {
+        config.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    })
+    .await;
+    let main = app.metrics().await;
     assert_problem(main, 404, "invalid_request").await;
     let metrics = app.metrics_address.as_deref().expect("a metrics listener");
-    let scraped = app
-        .http
-        .get(format!("{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap();
+    let scraped = app.metrics_on_metrics_listener().await;
     assert_eq!(scraped.status(), 200);
     assert!(scraped
         .text()
         .await
         .unwrap()
         .contains("token_store_http_requests_total"));
-    let other = app
-        .http
-        .get(format!("{metrics}/v1/users/alice/tokens/google"))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let other = Api::new(app.http.clone(), metrics, Some(FULL_KEY))
+        .get_token("alice", "google")
+        .await;
     assert_eq!(
         other.status(),
         404,
@@ -270,12 +225,7 @@ async fn what_the_contract_calls_valid_is_accepted() {
     let expires = body["expiresAt"].as_i64().unwrap();
     body["expiresAt"] = json!(expires as f64);
     assert_eq!(app.put_token("alice", "google", &body).await.status(), 204);
-    let read: Value = app
-        .get_token("alice", "google", FULL_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let read: Value = app.get_token("alice", "google").await.json().await.unwrap();
     assert_eq!(read["expiresAt"], json!(expires));
     body["expiresAt"] = json!(expires as f64 + 0.5);
     let fraction = app.put_token("alice", "google", &body).await;

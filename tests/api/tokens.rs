@@ -1,6 +1,6 @@
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, token_body, TestApp, FULL_KEY};
+use test_support::{assert_problem, token_body, TestApp};
 
 #[tokio::test]
 async fn put_then_get_returns_what_was_stored() {
@@ -10,7 +10,7 @@ async fn put_then_get_returns_what_was_stored() {
     let put = app.put_token("user-1", "google", &body).await;
     assert_eq!(put.status().as_u16(), 204);
 
-    let got = app.get_token("user-1", "google", FULL_KEY).await;
+    let got = app.get_token("user-1", "google").await;
     assert_eq!(got.status().as_u16(), 200);
     let got: Value = got.json().await.unwrap();
     assert_eq!(got["accessToken"], body["accessToken"]);
@@ -33,7 +33,7 @@ async fn put_replaces_the_stored_token() {
     );
 
     let got: Value = app
-        .get_token("user-1", "google", FULL_KEY)
+        .get_token("user-1", "google")
         .await
         .json()
         .await
@@ -53,12 +53,7 @@ async fn a_token_without_refresh_token_reads_back_without_one() {
     let mut body = token_body("no-refresh");
     body.as_object_mut().unwrap().remove("refreshToken");
     assert_eq!(app.put_token("u", "google", &body).await.status(), 204);
-    let got: Value = app
-        .get_token("u", "google", FULL_KEY)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let got: Value = app.get_token("u", "google").await.json().await.unwrap();
     assert_eq!(got["accessToken"], body["accessToken"]);
     assert!(got.get("refreshToken").is_none(), "{got}");
 }
@@ -68,9 +63,9 @@ async fn get_of_an_unknown_pair_is_token_not_found() {
     let app = TestApp::spawn().await;
     app.put_token("user-1", "google", &token_body("x")).await;
 
-    let missing_user = app.get_token("user-2", "google", FULL_KEY).await;
+    let missing_user = app.get_token("user-2", "google").await;
     assert_problem(missing_user, 404, "token_not_found").await;
-    let missing_provider = app.get_token("user-1", "microsoft", FULL_KEY).await;
+    let missing_provider = app.get_token("user-1", "microsoft").await;
     assert_problem(missing_provider, 404, "token_not_found").await;
 }
 
@@ -82,32 +77,12 @@ async fn delete_removes_one_token_and_delete_all_erases_the_user() {
     app.put_token("u1", "slack", &token_body("c")).await;
     app.put_token("u2", "google", &token_body("d")).await;
 
-    let deleted = app
-        .http
-        .delete(app.token_url("u1", "google"))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_token("u1", "google").await;
     assert_eq!(deleted.status().as_u16(), 204);
-    assert_problem(
-        app.get_token("u1", "google", FULL_KEY).await,
-        404,
-        "token_not_found",
-    )
-    .await;
-    assert_eq!(
-        app.get_token("u1", "microsoft", FULL_KEY).await.status(),
-        200
-    );
+    assert_problem(app.get_token("u1", "google").await, 404, "token_not_found").await;
+    assert_eq!(app.get_token("u1", "microsoft").await.status(), 200);
 
-    let erased = app
-        .http
-        .delete(format!("{}/v1/users/u1/tokens", app.address))
-        .bearer_auth(FULL_KEY)
-        .send()
-        .await
-        .unwrap();
+    let erased = app.delete_user("u1").await;
     assert_eq!(erased.status().as_u16(), 204);
     let left: Vec<String> = sqlx::query_scalar("select user_id from integration_tokens")
         .fetch_all(&app.db)
@@ -117,39 +92,11 @@ async fn delete_removes_one_token_and_delete_all_erases_the_user() {
 }
 
 #[tokio::test]
-async fn health_and_readiness_answer() {
-    let app = TestApp::spawn().await;
-    let health = app
-        .http
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
-    let ready = app.readyz().await;
-    assert_eq!(ready.status(), 200);
-    let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["database"], "ok");
-    assert_eq!(body["kms"], "ok");
-}
-
-#[tokio::test]
-async fn readiness_fails_when_the_kms_key_is_disabled() {
-    let app = TestApp::spawn().await;
-    app.disable_kms_key().await;
-    let ready = app.readyz().await;
-    assert_eq!(ready.status(), 503);
-    let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["kms"], "unavailable");
-    assert_eq!(body["database"], "ok");
-}
-
-#[tokio::test]
 async fn requests_are_counted_by_route_and_status() {
     let app = TestApp::spawn().await;
     app.put_token("u", "google", &token_body("m")).await;
-    app.get_token("u", "google", FULL_KEY).await;
-    app.get_token("nobody", "google", FULL_KEY).await;
+    app.get_token("u", "google").await;
+    app.get_token("nobody", "google").await;
     let route = "/v1/users/{userId}/tokens/{provider}";
     let ok = app
         .metric(

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use crate::provider::{CLIENT_ID, CLIENT_SECRET};
+use test_support::provider::{CLIENT_ID, CLIENT_SECRET};
+
 use crate::sys;
 
 /// The API key the benchmark calls with; the service knows only its SHA-256.
@@ -21,7 +22,8 @@ pub struct ServiceConfig {
     pub database_url: String,
     pub kms_key_id: String,
     pub kms_endpoint: String,
-    pub provider: SocketAddr,
+    /// The fake provider's base URL (`http://127.0.0.1:<port>`).
+    pub provider: String,
     pub cache_max_entries: u64,
     pub cache_ttl_seconds: u64,
     /// `database.max_connections`; `None` keeps the service's default.
@@ -37,7 +39,7 @@ impl ServiceConfig {
             .map(|n| format!("max_connections = {n}\n"))
             .unwrap_or_default();
         format!(
-            r#"# Written by the benchmark (src/bin/bench).
+            r#"# Written by the benchmark (bench/).
 [server]
 listen = "{listen}"
 log_format = "json"
@@ -55,8 +57,8 @@ cache_ttl_seconds = {cache_ttl_seconds}
 [providers.google]
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
-token_endpoint = "http://{provider}/token"
-revoke_endpoint = "http://{provider}/revoke"
+token_endpoint = "{provider}/token"
+revoke_endpoint = "{provider}/revoke"
 
 [[clients]]
 name = "bench"

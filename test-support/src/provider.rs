@@ -1,6 +1,8 @@
-//! A local OAuth server on loopback that behaves like Google's token and revoke endpoints:
-//! it checks the client's credentials, parses the form, answers per mode and counts calls.
-//! [`Mode::Raw`] answers whatever a test wants (a misbehaving provider).
+//! A fake OAuth provider: a real HTTP server on loopback that behaves like Google's token
+//! and revoke endpoints. It checks the client's credentials, parses the form, answers per
+//! [`Mode`] and counts its calls. [`Mode::Raw`] answers whatever a test wants (a misbehaving
+//! provider); [`Mode::Slow`] answers after a delay (a real provider takes a few hundred
+//! milliseconds, which the benchmark imitates).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -15,8 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Form, Json, Router};
 use serde_json::json;
-use token_store::providers::ProviderSettings;
+use token_store::config::ProviderSettings;
 
+/// The OAuth client the server accepts, and [`FakeProvider::settings`] configures.
 pub const CLIENT_ID: &str = "test-client.apps.googleusercontent.com";
 pub const CLIENT_SECRET: &str = "GOCSPX-test-client-secret";
 
@@ -83,12 +86,15 @@ struct Shared {
     prefix: String,
 }
 
+/// The server, serving on the runtime that started it until that runtime ends.
 pub struct FakeProvider {
+    /// `http://127.0.0.1:<port>`; the endpoints are `/token` and `/revoke`.
     pub url: String,
     shared: Arc<Shared>,
 }
 
 impl FakeProvider {
+    /// Listens on a free loopback port; answers [`Mode::Success`] until told otherwise.
     pub async fn start() -> Self {
         let shared = Arc::new(Shared {
             prefix: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
@@ -117,10 +123,13 @@ impl FakeProvider {
         }
     }
 
+    /// How the token endpoint answers from now on.
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.default_mode.lock().unwrap() = Some(mode);
     }
 
+    /// How the token endpoint answers a refresh token containing `refresh_token_part`
+    /// (before the mode [`set_mode`](Self::set_mode) gave).
     pub fn set_mode_for(&self, refresh_token_part: &str, mode: Mode) {
         self.shared
             .modes_for
@@ -129,18 +138,22 @@ impl FakeProvider {
             .push((refresh_token_part.to_owned(), mode));
     }
 
+    /// The revoke endpoint answers `status` from now on.
     pub fn fail_revocations(&self, status: u16) {
         *self.shared.revoke_status.lock().unwrap() = Some(status);
     }
 
+    /// Calls of the token endpoint so far, whatever they were answered.
     pub fn token_calls(&self) -> usize {
         self.shared.token_calls.load(Ordering::SeqCst)
     }
 
+    /// The refresh tokens the token endpoint was sent, in order.
     pub fn refresh_tokens_seen(&self) -> Vec<String> {
         self.shared.refresh_tokens_seen.lock().unwrap().clone()
     }
 
+    /// The tokens the revoke endpoint was sent, in order.
     pub fn revoked(&self) -> Vec<String> {
         self.shared.revoked.lock().unwrap().clone()
     }
@@ -164,6 +177,7 @@ impl FakeProvider {
         format!("ya29.fresh-{}-{n}", self.shared.prefix)
     }
 
+    /// The refresh token the n-th (1-based) successful [`Mode::Rotate`] answer carries.
     pub fn refresh_token(&self, n: usize) -> String {
         format!("1//rotated-{}-{n}", self.shared.prefix)
     }

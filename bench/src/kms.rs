@@ -2,9 +2,9 @@
 //! the cold pass's keys take), and KMS calls per refresh.
 
 use sqlx::PgPool;
+use test_support::FakeProvider;
 
 use crate::load::{self, Connection, Run};
-use crate::provider::FakeProvider;
 use crate::report::{Pass, Refresh};
 use crate::service::{Metrics, Service};
 use crate::setup;
@@ -73,7 +73,7 @@ pub async fn refresh(
 ) -> anyhow::Result<Refresh> {
     setup::expire(db, users).await?;
     let before = service.metrics().await?;
-    let provider_before = provider.calls();
+    let provider_before = provider.token_calls() as u64;
     let run = load::pass(connections, users).await;
     let after = service.metrics().await?;
     let kms_calls = after.kms_calls() - before.kms_calls();
@@ -82,6 +82,6 @@ pub async fn refresh(
         succeeded: run.ok,
         kms_calls,
         kms_calls_per_refresh: kms_calls / users.len().max(1) as f64,
-        provider_calls: provider.calls() - provider_before,
+        provider_calls: provider.token_calls() as u64 - provider_before,
     })
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use tokio::process::Command;
 
 use crate::load::Latency;
-use crate::setup::LOOKUP_COLUMNS;
+use crate::setup::lookup_columns;
 
 pub struct PgbenchRun {
     pub tps: f64,
@@ -36,8 +36,9 @@ pub async fn run(
         &script,
         format!(
             "\\set n random(1, {users})\n\
-             select {LOOKUP_COLUMNS} from integration_tokens \
-             where user_id = 'user-' || :n and provider = 'google';\n"
+             select {} from integration_tokens \
+             where user_id = 'user-' || :n and provider = 'google';\n",
+            lookup_columns()
         ),
     )?;
     let seconds = duration.as_secs_f64().ceil().max(1.0) as u64;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::PgPool;
+use test_support::FakeProvider;
 
 use crate::load::{self, Latency, Run, Until};
-use crate::provider::FakeProvider;
 use crate::report::{Background, Storm, StormCpu};
 use crate::service::API_KEY;
 use crate::setup;
@@ -41,7 +41,7 @@ pub async fn run(plan: &StormPlan, db: &PgPool, provider: &FakeProvider) -> anyh
     // Every storm connection is open before anything is measured.
     let mut storm_connections = load::connect(&plan.targets, plan.requests, API_KEY).await?;
     setup::expire(db, &[plan.storm_user]).await?;
-    let provider_before = provider.calls();
+    let provider_before = provider.token_calls() as u64;
     let busy_before = sys::wait_until_quiet(plan.patience).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -115,7 +115,7 @@ pub async fn run(plan: &StormPlan, db: &PgPool, provider: &FakeProvider) -> anyh
         instances: plan.targets.len(),
         requests: plan.requests,
         succeeded: storm.ok,
-        provider_calls: provider.calls() - provider_before,
+        provider_calls: provider.token_calls() as u64 - provider_before,
         seconds: storm.elapsed.as_secs_f64(),
         cpu,
         latency: storm.latency(),

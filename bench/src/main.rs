@@ -1,8 +1,11 @@
-//! `bench`: the benchmark of issue 4, in one run.
+//! `bench`: how token-store's read path compares with PostgreSQL's own limit, what it costs
+//! in KMS calls, how it behaves in a refresh storm and how much memory its unwrap cache
+//! takes, in one run.
 //!
 //! It starts the real `token-store serve` (the binary next to this one) against a fresh
-//! PostgreSQL database, a fresh LocalStack KMS key and an in-process fake Google token
-//! endpoint, seeds users through the API, then measures:
+//! PostgreSQL database, a fresh LocalStack KMS key and the fake OAuth provider of
+//! `test-support` (in process, answering after a delay), seeds users through the API, then
+//! measures:
 //!
 //! 1. warm reads (`POST .../access-token`) at several concurrencies, and `pgbench` running
 //!    the same lookup on the same table: PostgreSQL's own limit;
@@ -11,9 +14,11 @@
 //! 3. a refresh storm over several instances, with a background load;
 //! 4. that the unwrap cache stays within its maximum entry count.
 //!
-//! It prints markdown tables and writes the same figures as JSON. `scripts/bench.sh` builds
-//! it in release mode and runs it; `--smoke` is a seconds-long run for the test suite.
-//! Its own work (load generation) runs on one thread, so it takes at most one core.
+//! It prints markdown tables, checks the figures against the targets the service should reach
+//! (`report.rs`), and writes the same figures as JSON. Latency percentiles come from HDR
+//! histograms (`hdrhistogram`). `scripts/bench.sh` builds it in release mode and runs it;
+//! `--smoke` is a seconds-long run for the test suite (`tests/smoke.rs`). Its own work (load
+//! generation) runs on one thread, so it takes at most one core.
 
 /// Progress on standard error.
 macro_rules! log {
@@ -25,7 +30,6 @@ mod floor;
 mod kms;
 mod load;
 mod pgbench;
-mod provider;
 mod reads;
 mod report;
 mod seed;
@@ -40,13 +44,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use sqlx::PgPool;
+use test_support::{FakeProvider, Mode, TestDatabase, TestKmsKey};
 
-use crate::provider::FakeProvider;
 use crate::report::{Kms, Memory, Parameters, Results};
 use crate::service::{Launcher, Service, ServiceConfig, API_KEY};
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmarks token-store against PostgreSQL's own limit (issue 4)")]
+#[command(
+    about = "Benchmarks token-store: warm reads against PostgreSQL's own limit, KMS calls, a refresh storm, the unwrap cache's memory"
+)]
 struct Args {
     /// Users seeded (one Google token each).
     #[arg(long, default_value_t = 10_000)]
@@ -63,23 +69,24 @@ struct Args {
     out: PathBuf,
     /// A tiny, seconds-long run (20 users, 0.3 s measurements at concurrency 2, 4 and 8, a
     /// 30-request storm) that checks the benchmark works, not the service's speed. Drops its
-    /// database at the end.
+    /// database at the end (a full run keeps it).
     #[arg(long)]
     smoke: bool,
     /// Database to (re)create for the run.
     #[arg(long, default_value = "token_store_bench")]
     database: String,
-    /// PostgreSQL server, without a database name.
+    /// PostgreSQL server, without a database name (the tests read the same variable).
     #[arg(
         long,
-        env = "TOKEN_STORE_TEST_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432"
+        env = test_support::env::DATABASE_SERVER_URL_VAR,
+        default_value = test_support::env::DEFAULT_DATABASE_SERVER_URL
     )]
     database_server: String,
+    /// LocalStack (KMS). The run's key is scheduled for deletion at the end.
     #[arg(
         long,
         env = "AWS_ENDPOINT_URL",
-        default_value = "http://127.0.0.1:4566"
+        default_value = test_support::env::DEFAULT_KMS_ENDPOINT
     )]
     kms_endpoint: String,
     /// Concurrencies of the warm-read measurement.
@@ -166,17 +173,8 @@ fn main() -> anyhow::Result<()> {
     }
     let mut args = Args::parse();
     args.apply_smoke();
-    // LocalStack does not check signatures; the standard AWS chain only needs something.
-    // Set before any thread exists; the services inherit them.
-    for (name, value) in [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        if std::env::var_os(name).is_none() {
-            std::env::set_var(name, value);
-        }
-    }
+    // Before any thread exists; the services inherit them.
+    test_support::set_aws_defaults();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -223,14 +221,22 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     let cache_max_entries = args.cache_max_entries.unwrap_or(100_000.max(n + 2));
 
     log!("database {} on {}", args.database, args.database_server);
-    let database_url = setup::recreate_database(&args.database_server, &args.database).await?;
-    let kms_key_id = setup::create_kms_key(&args.kms_endpoint).await?;
-    let provider = FakeProvider::start(Duration::from_millis(args.provider_delay_ms)).await?;
+    // Dropped at the end of a smoke run (however it ends); a full run leaves it for a look.
+    let mut database = TestDatabase::recreate(&args.database_server, &args.database).await?;
+    if !args.smoke {
+        database.keep();
+    }
+    let database_url = database.url().to_owned();
+    // Scheduled for deletion when the run ends, however it ends.
+    let kms_key = TestKmsKey::create_at(&args.kms_endpoint, "token-store benchmark key").await?;
+    let provider = FakeProvider::start().await;
+    let delay = Duration::from_millis(args.provider_delay_ms);
+    provider.set_mode(Mode::Slow(delay, &Mode::Success));
     let config = ServiceConfig {
         database_url: database_url.clone(),
-        kms_key_id,
+        kms_key_id: kms_key.arn().to_owned(),
         kms_endpoint: args.kms_endpoint.clone(),
-        provider: provider.addr,
+        provider: provider.url.clone(),
         cache_max_entries,
         cache_ttl_seconds: args.cache_ttl_seconds,
         pool_size: args.pool_size,
@@ -356,9 +362,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     bounded.stop().await?;
     service.stop().await?;
     db.close().await;
-    if args.smoke {
-        setup::drop_database(&args.database_server, &args.database).await?;
-    }
+    drop((database, kms_key));
 
     let keys = passes.distinct_keys.max(0) as u64;
     let mut results = Results {

@@ -1,23 +1,34 @@
 //! The benchmark command itself keeps working: the `bench` binary in `--smoke` mode (tiny
 //! numbers, no timing asserted) runs every section and its storm refreshes exactly once.
+//!
+//! The benchmark starts the `token-store` binary next to its own, which a workspace build
+//! (`cargo nextest run --workspace`, the README's test command) has just built.
 
 use std::process::Command;
 
 use serde_json::Value;
-
-use crate::helpers::kms_endpoint;
+use test_support::{database_server_url, kms_endpoint, TestDatabase};
 
 #[test]
 fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
-    let database = format!("ts_bench_smoke_{}", uuid::Uuid::new_v4().simple());
+    // The benchmark creates the database itself; the guard drops it however the test ends.
+    let database = TestDatabase::reserve("bench_smoke");
+    let service = std::path::Path::new(env!("CARGO_BIN_EXE_bench")).with_file_name("token-store");
+    assert!(
+        service.exists(),
+        "{} is missing: build the workspace (cargo nextest run --workspace)",
+        service.display()
+    );
 
     let run = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args([
             "--smoke",
             "--database",
-            &database,
+            database.name(),
+            "--database-server",
+            &database_server_url(),
             "--kms-endpoint",
             &kms_endpoint(),
         ])
