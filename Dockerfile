@@ -25,8 +25,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 # sqlx::migrate! embeds migrations/ into the binary at compile time.
 COPY migrations ./migrations
-# Not compiled: cargo only needs every target the manifest names to exist.
+# Not compiled: cargo loads every member of the workspace (the benchmark, the test support)
+# and every target the root manifest names (tests/), so they must exist; only the service
+# is built.
 COPY tests ./tests
+COPY bench ./bench
+COPY test-support ./test-support
 
 # Dependency caching: the registry and target/ live in BuildKit cache mounts, so a rebuild
 # after a source change compiles only this crate. (Cache mounts stay on the builder; a CI
@@ -34,7 +38,7 @@ COPY tests ./tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/build/target,sharing=locked \
-    cargo build --release --locked --bin token-store \
+    cargo build --release --locked -p token-store --bin token-store \
     && install -D -m 0755 target/release/token-store /out/token-store
 
 FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f AS runtime

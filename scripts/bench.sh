@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmark of issue 4 on this machine, in one command: PostgreSQL (started if none
+# Runs the benchmark (bench/) on this machine, in one command: PostgreSQL (started if none
 # runs), LocalStack KMS (installed pinned), a release build of `token-store` and `bench`,
 # then `bench`, which prints markdown tables and writes the figures as JSON.
 #
@@ -12,8 +12,8 @@
 #   --help         every option of the bench binary
 # See docs/benchmarks.md for what each figure means. Takes about 5 minutes after the build
 # with the defaults. Environment: CARGO_TARGET_DIR (honoured), RUST_LOG (passed to the
-# services), TOKEN_STORE_TEST_DATABASE_URL (PostgreSQL server, default
-# postgres://postgres@127.0.0.1:5432), LOCALSTACK_PORT.
+# services), TS_TEST_DATABASE_URL (PostgreSQL server, default
+# postgres://postgres@127.0.0.1:5432; the tests read the same), LOCALSTACK_PORT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,10 +36,10 @@ command -v pgbench >/dev/null 2>&1 || {
 }
 scripts/localstack.sh start >&2   # keep standard output for the tables
 eval "$(scripts/localstack.sh env)"
-export TOKEN_STORE_TEST_DATABASE_URL="${TOKEN_STORE_TEST_DATABASE_URL:-postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}}"
+export TS_TEST_DATABASE_URL="${TS_TEST_DATABASE_URL:-postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}}"
 
 log "building token-store and bench (release)"
-cargo build --release --locked --bin token-store --bin bench
+cargo build --release --locked -p token-store -p bench
 
 # The storm holds one connection per request (1,000 by default), plus the services' own.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

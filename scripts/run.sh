@@ -46,14 +46,6 @@ stop_service() {
   rm -f "$PID_FILE"
 }
 
-# The binary reads every TOKEN_STORE_* variable as a configuration override and refuses
-# unknown ones, so the variables meant for the scripts and tests (and TOKEN_STORE_CONFIG:
-# the file is passed with --config) must not reach it.
-token_store() {
-  env -u TOKEN_STORE_CONFIG -u TOKEN_STORE_CACHE_DIR -u TOKEN_STORE_TEST_DATABASE_URL \
-    "$BIN" "$@"
-}
-
 case "${1:-start}" in
   start) ;;
   stop) stop_service; exit 0 ;;
@@ -69,12 +61,13 @@ log "building token-store (release)"
 cargo build --release --locked --bin token-store
 
 stop_service
-token_store migrate --config "$CONFIG"
+"$BIN" migrate --config "$CONFIG"
 
 log "starting token-store serve --config $CONFIG (log: $LOG_FILE)"
+# The binary takes TOKEN_STORE_<SECTION>__<KEY> variables as configuration overrides and
+# leaves other TOKEN_STORE_* names (TOKEN_STORE_CONFIG, this script's) alone.
 # NO_COLOR: the log is a file, keep ANSI colour codes out of it.
-setsid nohup env -u TOKEN_STORE_CONFIG -u TOKEN_STORE_CACHE_DIR -u TOKEN_STORE_TEST_DATABASE_URL \
-  NO_COLOR=1 "$BIN" serve --config "$CONFIG" >"$LOG_FILE" 2>&1 < /dev/null &
+setsid nohup env NO_COLOR=1 "$BIN" serve --config "$CONFIG" >"$LOG_FILE" 2>&1 < /dev/null &
 echo $! > "$PID_FILE"
 
 listen="$(sed -n 's/^listen *= *"\(.*\)"/\1/p' "$CONFIG" | head -n 1)"

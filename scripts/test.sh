@@ -17,8 +17,8 @@ log() { printf '[test] %s\n' "$*" >&2; }
 scripts/postgres.sh ensure
 scripts/localstack.sh start
 eval "$(scripts/localstack.sh env)"
-# Where the tests create their databases (not TOKEN_STORE_*: the binary reads every such
-# variable as configuration).
+# The PostgreSQL server the tests and the benchmark's smoke run create their databases on
+# (test-support reads it).
 export TS_TEST_DATABASE_URL="${TS_TEST_DATABASE_URL:-postgres://postgres@${PGHOST:-127.0.0.1}:${PGPORT:-5432}}"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
@@ -34,7 +34,7 @@ fi
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 # Dependencies: any RustSec advisory (warnings such as "unmaintained" included) that
 # .cargo/audit.toml does not list with its reason fails the run.
 log "cargo audit"
@@ -45,7 +45,8 @@ else
 fi
 scripts/infra-check.sh  # Terraform in infra/: parses, documented, checkov clean (pinned, cached)
 log "cargo nextest run"
-cargo nextest run --locked --no-fail-fast
+# The whole workspace: the service, the benchmark (its smoke run) and the test support.
+cargo nextest run --locked --workspace --no-fail-fast
 # The contract: schemathesis (pinned) over /openapi.json of the binary nextest just built.
 scripts/contract-test.sh
 # The TypeScript client (clients/typescript) against the real service, after `npm ci`.

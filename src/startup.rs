@@ -84,16 +84,7 @@ impl Application {
                 ),
             );
         }
-        let envelope = Envelope::new(
-            kms_client(&config.kms).await,
-            key_id,
-            CacheSettings {
-                ttl: config.kms.cache_ttl,
-                max_entries: config.kms.cache_max_entries,
-            },
-            metrics.clone(),
-        )
-        .with_readiness_ttl(config.kms.readiness_cache_ttl);
+        let envelope = envelope(&config.kms, key_id, metrics.clone()).await;
         let lookups = Lookups::start(
             &db,
             config.database.read_connections as usize,
@@ -202,7 +193,7 @@ impl Application {
 }
 
 /// `application_name` of the request pool's sessions (`pg_stat_activity`).
-pub const APPLICATION_NAME: &str = "token-store";
+const APPLICATION_NAME: &str = "token-store";
 /// `application_name` of the lock pool's sessions.
 pub const LOCK_APPLICATION_NAME: &str = "token-store-locks";
 
@@ -210,7 +201,7 @@ pub const LOCK_APPLICATION_NAME: &str = "token-store-locks";
 /// service at start rather than at its first request. Its sessions (and the read path's,
 /// which copy its options) carry `statement_timeout` and `lock_timeout`: a stuck database
 /// gives errors (503 `database_unavailable`), not hung requests.
-pub async fn connect(
+async fn connect(
     config: &DatabaseConfig,
     credentials: Option<&DbCredentials>,
 ) -> anyhow::Result<PgPool> {
@@ -259,20 +250,26 @@ pub async fn job_vault(config: &Config, key_id: String) -> anyhow::Result<Vault>
         lookups: Lookups::start(&db, 1, config.database.acquire_timeout, &metrics),
         db,
     };
-    let envelope = Envelope::new(
-        kms_client(&config.kms).await,
-        key_id,
-        CacheSettings {
-            ttl: config.kms.cache_ttl,
-            max_entries: config.kms.cache_max_entries,
-        },
-        metrics,
-    );
+    let envelope = envelope(&config.kms, key_id, metrics).await;
     Ok(Vault::new(
         storage,
         envelope,
         config.refresh.data_key_max_age,
     ))
+}
+
+/// The envelope over `[kms]`, sealing new rows under `key_id`.
+async fn envelope(config: &KmsConfig, key_id: String, metrics: Metrics) -> Envelope {
+    Envelope::new(
+        kms_client(config).await,
+        key_id,
+        CacheSettings {
+            ttl: config.cache_ttl,
+            max_entries: config.cache_max_entries,
+        },
+        metrics,
+    )
+    .with_readiness_ttl(config.readiness_cache_ttl)
 }
 
 /// One connection without time limits, for migrations: they may wait for another
@@ -335,7 +332,7 @@ async fn aws_sdk_config(config: &KmsConfig) -> aws_config::SdkConfig {
 }
 
 /// A KMS client from the standard AWS chain, `[kms] endpoint_url` overriding its endpoint.
-pub async fn kms_client(config: &KmsConfig) -> aws_sdk_kms::Client {
+async fn kms_client(config: &KmsConfig) -> aws_sdk_kms::Client {
     let sdk = aws_sdk_config(config).await;
     let mut builder = aws_sdk_kms::config::Builder::from(&sdk);
     if let Some(url) = &config.endpoint_url {

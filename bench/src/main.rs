@@ -17,7 +17,7 @@
 //! It prints markdown tables, checks the figures against the targets the service should reach
 //! (`report.rs`), and writes the same figures as JSON. Latency percentiles come from HDR
 //! histograms (`hdrhistogram`). `scripts/bench.sh` builds it in release mode and runs it;
-//! `--smoke` is a seconds-long run for the test suite (`tests/smoke.rs`). Its own work (load
+//! `--smoke` is a seconds-long run for the test suite (`bench/tests/smoke.rs`). Its own work (load
 //! generation) runs on one thread, so it takes at most one core.
 
 /// Progress on standard error.

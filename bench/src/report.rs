@@ -1,5 +1,5 @@
 //! The figures of one run: serialised as JSON, printed as markdown tables, checked against
-//! the targets of issue 4.
+//! the targets the service is held to.
 
 use std::fmt::Write;
 
@@ -228,7 +228,7 @@ pub struct Target {
 }
 
 impl Results {
-    /// Checks the figures against the targets of issue 4.
+    /// Checks the figures against the targets the service is held to.
     pub fn check_targets(&mut self) {
         let mut targets = Vec::new();
         let mut check = |name: &str, value: String, target: &str, met: bool| {
@@ -506,7 +506,7 @@ impl Results {
             bound.rss_after_second_pass_kib as f64 / 1024.0,
         );
 
-        let _ = writeln!(out, "**Targets** (issue 4)\n");
+        let _ = writeln!(out, "**Targets**\n");
         let _ = writeln!(out, "| target | value | wanted | met |");
         let _ = writeln!(out, "|---|---:|---:|:---:|");
         for t in &self.targets {

@@ -115,7 +115,10 @@ impl Write for BufferWriter {
     }
 }
 
-fn init_process() {
+/// Sets the test process up, once: the AWS settings that reach LocalStack, and the capture of
+/// every log line ([`captured_logs`]). [`TestApp`] calls it; a test that builds an
+/// `Application` itself calls it first, or its logs are not captured.
+pub fn init_process() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
         set_aws_defaults();

@@ -20,7 +20,9 @@ pub mod fixtures;
 pub mod kms;
 pub mod provider;
 
-pub use app::{app_config, captured_logs, Api, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY};
+pub use app::{
+    app_config, captured_logs, init_process, Api, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY,
+};
 pub use cleanup::OnDrop;
 pub use database::TestDatabase;
 pub use env::{database_server_url, kms_endpoint, set_aws_defaults};

@@ -16,8 +16,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use test_support::{
-    app_config, captured_logs, kms_endpoint, token_body, Api, TestApp, TestDatabase, TestKmsKey,
-    FULL_KEY,
+    app_config, captured_logs, init_process, kms_endpoint, token_body, Api, TestApp, TestDatabase,
+    TestKmsKey, FULL_KEY,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-store");
@@ -281,6 +281,8 @@ async fn h2c_is_refused_and_an_http11_request_needs_one_host() {
 /// The application built here rather than by `TestApp`, to watch its connection gauge.
 #[tokio::test]
 async fn at_the_cap_the_server_stops_accepting_and_serves_again_as_connections_close() {
+    // Built here rather than by `TestApp`: the log capture is set up first.
+    init_process();
     let (database, key) = (
         TestDatabase::create("cap").await,
         TestKmsKey::create().await,

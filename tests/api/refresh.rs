@@ -4,14 +4,15 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{json, Value};
-use token_store::domain::{GrantKey, ProviderName, UserId};
+use token_store::domain::{GrantKey, ProviderName, TokenStatus, UserId};
 
 use test_support::provider::{FakeProvider, Mode};
 use test_support::{assert_problem, expired_body, expiring_body, token_body, TestApp};
 use token_store::crypto::KmsOperation;
 use token_store::refresh::RefreshOutcome;
 
-async fn row(app: &TestApp, user: &str) -> (String, i32, Option<String>) {
+/// The stored row's status (decoded as the service decodes it), failure count and error.
+async fn row(app: &TestApp, user: &str) -> (TokenStatus, i32, Option<String>) {
     sqlx::query_as(
         "select status, refresh_failure_count, last_refresh_error from integration_tokens \
          where user_id = $1 and provider = 'google'",
@@ -244,7 +245,7 @@ async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
     assert_problem(response, 409, "reauthorization_required").await;
     assert_eq!(app.row_count().await, 1);
     let (status, failures, error) = row(&app, "alice").await;
-    assert_eq!(status, "reauthorization_required");
+    assert_eq!(status, TokenStatus::ReauthorizationRequired);
     assert_eq!(failures, 1);
     assert_eq!(error.as_deref(), Some("invalid_grant"));
     assert_eq!(
@@ -261,7 +262,7 @@ async fn invalid_grant_is_409_and_the_row_is_kept_for_reauthorization() {
 
     // A new consent (PUT) brings it back.
     app.put_token("alice", "google", &token_body("again")).await;
-    assert_eq!(row(&app, "alice").await.0, "active");
+    assert_eq!(row(&app, "alice").await.0, TokenStatus::Active);
 }
 
 #[tokio::test]
@@ -292,7 +293,11 @@ async fn invalid_grant_for_a_replaced_refresh_token_does_not_mark_the_new_grant(
     assert_eq!(status, 200);
     assert_eq!(body["accessToken"], fresh["accessToken"]);
     let (status, _, _) = row(&app, "alice").await;
-    assert_eq!(status, "active", "the new grant must not be marked dead");
+    assert_eq!(
+        status,
+        TokenStatus::Active,
+        "the new grant must not be marked dead"
+    );
     assert_eq!(
         stored(&app, "alice").await["refreshToken"],
         fresh["refreshToken"]
@@ -326,7 +331,7 @@ async fn a_failed_refresh_token_no_longer_stored_marks_nothing() {
     .await
     .unwrap();
     assert!(!marked);
-    assert_eq!(row(&app, "alice").await.0, "active");
+    assert_eq!(row(&app, "alice").await.0, TokenStatus::Active);
 }
 
 #[tokio::test]
@@ -389,8 +394,8 @@ async fn a_provider_500_serves_the_still_valid_token_and_cools_down() {
     );
     let (status, failures, error) = row(&app, "alice").await;
     assert_eq!(
-        (status.as_str(), failures, error.as_deref()),
-        ("active", 1, Some("http_500"))
+        (status, failures, error.as_deref()),
+        (TokenStatus::Active, 1, Some("http_500"))
     );
     assert_eq!(
         app.metric(
@@ -422,7 +427,7 @@ async fn a_provider_500_for_an_expired_token_is_503_with_retry_after() {
     }
     assert_eq!(provider.token_calls(), 1);
     // The row is kept.
-    assert_eq!(row(&app, "alice").await.0, "active");
+    assert_eq!(row(&app, "alice").await.0, TokenStatus::Active);
 }
 
 #[tokio::test]
@@ -519,5 +524,5 @@ async fn a_refresh_for_an_unconfigured_provider_is_422() {
     assert_problem(response, 422, "provider_not_configured").await;
     let forced = app.force_refresh("alice", "google").await;
     assert_problem(forced, 422, "provider_not_configured").await;
-    assert_eq!(row(&app, "alice").await.0, "active");
+    assert_eq!(row(&app, "alice").await.0, TokenStatus::Active);
 }
