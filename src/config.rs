@@ -17,7 +17,6 @@ use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
 use crate::auth::{Client, Permission};
-use crate::refresh::RefreshSettings;
 
 /// A `*_ms` key: a whole number of milliseconds.
 fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
@@ -293,6 +292,18 @@ impl Default for RefreshConfig {
             cooldown_max: Duration::from_secs(300),
         }
     }
+}
+
+/// What the refresher needs of `[refresh]`, checked ([`RefreshConfig::settings`]).
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// A token expiring within this is refreshed before it is handed out.
+    pub buffer: Duration,
+    /// Longest wait for the grant's advisory lock.
+    pub lock_timeout: Duration,
+    /// First cool-down after a transient failure; doubles per failure up to `cooldown_max`.
+    pub cooldown_base: Duration,
+    pub cooldown_max: Duration,
 }
 
 impl RefreshConfig {

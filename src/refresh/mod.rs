@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use tracing::Instrument;
 
+use crate::config::RefreshSettings;
 use crate::crypto::CryptoError;
 use crate::domain::{AccessGrant, GrantKey, Scope, TokenSet, TokenStatus};
 use crate::metrics::Metrics;
@@ -34,17 +35,6 @@ pub mod policy;
 
 use flights::Flights;
 use policy::{after, Decision, Fallback, Validity};
-
-#[derive(Debug, Clone)]
-pub struct RefreshSettings {
-    /// A token expiring within this is refreshed before it is handed out.
-    pub buffer: Duration,
-    /// Longest wait for the grant's advisory lock.
-    pub lock_timeout: Duration,
-    /// First cool-down after a transient failure; doubles per failure up to `cooldown_max`.
-    pub cooldown_base: Duration,
-    pub cooldown_max: Duration,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum RefreshError {
