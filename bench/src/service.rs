@@ -10,6 +10,7 @@ use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
 use test_support::provider::{CLIENT_ID, CLIENT_SECRET};
+use token_store::crypto::{KmsOperation, KmsOutcome};
 
 use crate::sys;
 
@@ -215,7 +216,10 @@ impl Metrics {
     pub fn kms_decrypts(&self) -> f64 {
         self.value(
             "token_store_kms_requests_total",
-            &[("operation", "Decrypt"), ("outcome", "ok")],
+            &[
+                ("operation", KmsOperation::Decrypt.as_str()),
+                ("outcome", KmsOutcome::Ok.as_str()),
+            ],
         )
     }
 

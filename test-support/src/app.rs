@@ -125,7 +125,7 @@ pub fn init_process() {
         // Every log line at debug level and above (more than production's info) is kept,
         // as JSON lines like production's.
         let writer = BufferWriter(log_buffer().clone());
-        let _ = token_store::telemetry::json_subscriber(
+        let _ = token_store::telemetry::json_lines(
             tracing_subscriber::EnvFilter::new("debug"),
             move || writer.clone(),
         )
