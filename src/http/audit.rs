@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::error::ApiError;
-use super::extract::{Caller, TokenPath, UserPath};
+use super::extract::{AuthFailure, Caller, TokenPath, UserPath};
 use crate::auth::Permission;
 use crate::domain::{InvalidInput, ProviderName, UserId};
 use crate::metrics::Metrics;
@@ -101,27 +101,6 @@ where
         "audit"
     );
     result
-}
-
-/// Why a request was not authenticated.
-#[derive(Debug, Clone, Copy)]
-pub enum AuthFailure {
-    /// No `Authorization` header.
-    Missing,
-    /// Not `Bearer <key>`.
-    Malformed,
-    /// A key no client has.
-    UnknownKey,
-}
-
-impl AuthFailure {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Missing => "missing",
-            Self::Malformed => "malformed",
-            Self::UnknownKey => "unknown_key",
-        }
-    }
 }
 
 /// Most `auth.failed` audit events written per second; the rest are counted, and the next

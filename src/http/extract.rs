@@ -13,7 +13,6 @@ use serde::de::{MapAccess, Visitor};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::audit::AuthFailure;
 use super::error::ApiError;
 use super::AppState;
 use crate::auth::{Client, Permission};
@@ -185,6 +184,28 @@ impl FromRequestParts<AppState> for Caller {
         match state.auth.authenticate(key) {
             Some(client) => Ok(Self(client)),
             None => Err(refused(state, AuthFailure::UnknownKey)),
+        }
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy)]
+pub enum AuthFailure {
+    /// No `Authorization` header.
+    Missing,
+    /// Not `Bearer <key>`.
+    Malformed,
+    /// A key no client has.
+    UnknownKey,
+}
+
+impl AuthFailure {
+    /// The `reason` of an `auth.failed` audit event and of `token_store_auth_failures_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
         }
     }
 }

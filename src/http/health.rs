@@ -1,7 +1,5 @@
 //! Liveness, readiness and metrics: no authentication.
 
-use std::sync::LazyLock;
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -17,7 +15,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(openapi_json))
 }
 
 /// `/metrics`: on the main listener, or on its own (`[server] metrics_listen`).
@@ -124,17 +121,5 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
-    )
-}
-
-/// This contract (OpenAPI 3.1), as committed at the repository root as `openapi.json`.
-#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi",
-    responses((status = 200, description = "The OpenAPI document",
-        body = Object, content_type = "application/json")))]
-async fn openapi_json() -> impl IntoResponse {
-    static DOCUMENT: LazyLock<String> = LazyLock::new(super::openapi::json);
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        DOCUMENT.as_str(),
     )
 }

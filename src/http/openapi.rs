@@ -2,13 +2,18 @@
 //! (`utoipa`), served at `/openapi.json` and committed as `openapi.json` (a test keeps the
 //! two equal). Responses every authenticated operation shares are added here once.
 
+use std::sync::LazyLock;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{ContentBuilder, InfoBuilder, LicenseBuilder, OpenApi, Ref, RefOr};
+
+use axum::http::header;
+use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
@@ -17,12 +22,25 @@ use super::AppState;
 pub(super) fn routes(with_metrics: bool) -> OpenApiRouter<AppState> {
     let routes = OpenApiRouter::new()
         .merge(super::tokens::router())
-        .merge(super::health::router());
+        .merge(super::health::router())
+        .routes(routes!(openapi_json));
     if with_metrics {
         routes.merge(super::health::metrics_router())
     } else {
         routes
     }
+}
+
+/// This contract (OpenAPI 3.1), as committed at the repository root as `openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "health", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document",
+        body = Object, content_type = "application/json")))]
+async fn openapi_json() -> impl IntoResponse {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(json);
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
 }
 
 /// The whole document.
