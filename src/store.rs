@@ -4,6 +4,8 @@
 //! few and covered by the integration tests against a real database, and it keeps the build
 //! free of a database or an offline cache.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueRef};
@@ -97,13 +99,15 @@ impl<'r> sqlx::Decode<'r, Postgres> for TokenStatus {
 }
 
 pub async fn find(db: impl PgExecutor<'_>, grant: &GrantKey) -> sqlx::Result<Option<TokenRow>> {
-    sqlx::query_as(&format!(
-        "select {COLUMNS} from integration_tokens where user_id = $1 and provider = $2"
-    ))
-    .bind(grant.user.as_str())
-    .bind(grant.provider.as_str())
-    .fetch_optional(db)
-    .await
+    // The statement's text is built once: a read looks it up in the statement cache.
+    static FIND: LazyLock<String> = LazyLock::new(|| {
+        format!("select {COLUMNS} from integration_tokens where user_id = $1 and provider = $2")
+    });
+    sqlx::query_as(FIND.as_str())
+        .bind(grant.user.as_str())
+        .bind(grant.provider.as_str())
+        .fetch_optional(db)
+        .await
 }
 
 /// The rows of several grants in one statement; grants without a row are left out. Each
@@ -115,15 +119,18 @@ pub async fn find_many(
 ) -> sqlx::Result<Vec<KeyedRow>> {
     let users: Vec<&str> = grants.iter().map(|g| g.user.as_str()).collect();
     let providers: Vec<&str> = grants.iter().map(|g| g.provider.as_str()).collect();
-    sqlx::query_as(&format!(
-        "select user_id, provider, {COLUMNS} \
-         from unnest($1::text[], $2::text[]) as wanted(user_id, provider) \
-         join integration_tokens using (user_id, provider)"
-    ))
-    .bind(users)
-    .bind(providers)
-    .fetch_all(db)
-    .await
+    static FIND_MANY: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select user_id, provider, {COLUMNS} \
+             from unnest($1::text[], $2::text[]) as wanted(user_id, provider) \
+             join integration_tokens using (user_id, provider)"
+        )
+    });
+    sqlx::query_as(FIND_MANY.as_str())
+        .bind(users)
+        .bind(providers)
+        .fetch_all(db)
+        .await
 }
 
 /// Stores a grant, replacing any earlier one: a new data key, an active status, clean

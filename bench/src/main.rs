@@ -236,7 +236,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         database_url: database_url.clone(),
         kms_key_id: kms_key.arn().to_owned(),
         kms_endpoint: args.kms_endpoint.clone(),
-        provider: provider.url.clone(),
+        provider: provider.toml("google"),
         cache_max_entries,
         cache_ttl_seconds: args.cache_ttl_seconds,
         pool_size: args.pool_size,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use test_support::provider::{CLIENT_ID, CLIENT_SECRET};
 use token_store::crypto::{KmsOperation, KmsOutcome};
 
 use crate::sys;
@@ -23,7 +22,9 @@ pub struct ServiceConfig {
     pub database_url: String,
     pub kms_key_id: String,
     pub kms_endpoint: String,
-    /// The fake provider's base URL (`http://127.0.0.1:<port>`).
+    /// The fake provider's `[providers.google]` table ([`FakeProvider::toml`]).
+    ///
+    /// [`FakeProvider::toml`]: test_support::FakeProvider::toml
     pub provider: String,
     pub cache_max_entries: u64,
     pub cache_ttl_seconds: u64,
@@ -55,12 +56,7 @@ endpoint_url = "{kms_endpoint}"
 cache_max_entries = {cache_max_entries}
 cache_ttl_seconds = {cache_ttl_seconds}
 
-[providers.google]
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-token_endpoint = "{provider}/token"
-revoke_endpoint = "{provider}/revoke"
-
+{provider}
 [[clients]]
 name = "bench"
 key_sha256 = "{key_hash}"

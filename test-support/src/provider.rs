@@ -123,6 +123,19 @@ impl FakeProvider {
         }
     }
 
+    /// The same settings as a configuration file's `[providers.<name>]` table, for a
+    /// binary under test.
+    pub fn toml(&self, name: &str) -> String {
+        format!(
+            "[providers.{name}]\n\
+             client_id = \"{CLIENT_ID}\"\n\
+             client_secret = \"{CLIENT_SECRET}\"\n\
+             token_endpoint = \"{url}/token\"\n\
+             revoke_endpoint = \"{url}/revoke\"\n",
+            url = self.url
+        )
+    }
+
     /// How the token endpoint answers from now on.
     pub fn set_mode(&self, mode: Mode) {
         *self.shared.default_mode.lock().unwrap() = Some(mode);

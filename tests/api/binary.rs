@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use test_support::provider::{FakeProvider, Mode, CLIENT_ID, CLIENT_SECRET};
+use test_support::provider::{FakeProvider, Mode};
 use test_support::{kms_endpoint, token_body, Api, TestApp, TestDatabase, TestKmsKey, FULL_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-store");
@@ -192,12 +192,7 @@ endpoint_url = "{endpoint}"
 provider_timeout_ms = 8000
 lock_timeout_ms = 10000
 
-[providers.google]
-client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
-token_endpoint = "{provider}/token"
-revoke_endpoint = "{provider}/revoke"
-
+{provider}
 [[clients]]
 name = "e2e"
 key_sha256 = "{hash}"
@@ -206,7 +201,7 @@ permissions = ["read"]
             database_url = survivor.database_url,
             key_id = survivor.key_id,
             endpoint = kms_endpoint(),
-            provider = provider.url,
+            provider = provider.toml("google"),
             hash = token_store::auth::key_hash_hex(FULL_KEY),
         ),
     )
