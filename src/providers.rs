@@ -39,10 +39,14 @@ pub struct Refreshed {
 /// A refresh or revocation that did not succeed, classified.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
-    /// The grant is dead (`invalid_grant`, `invalid_client`, `unauthorized_client`): only
-    /// the user's consent brings it back.
+    /// The grant is dead (`invalid_grant`): only the user's consent brings it back.
     #[error("the provider rejected the grant ({error})")]
     Terminal { error: String },
+    /// The provider rejected our OAuth client, not the grant (`invalid_client`,
+    /// `unauthorized_client`): the operator must fix the client's configuration; the grant
+    /// is untouched and works again once that is done.
+    #[error("the provider rejected the OAuth client ({error})")]
+    Misconfigured { error: String },
     /// 5xx, 429, timeout or network failure: try again later.
     #[error("the provider is unavailable ({reason})")]
     Transient {
@@ -58,7 +62,7 @@ impl ProviderError {
     /// A short, secret-free code for bookkeeping and metrics.
     pub fn code(&self) -> String {
         match self {
-            Self::Terminal { error } => error.clone(),
+            Self::Terminal { error } | Self::Misconfigured { error } => error.clone(),
             Self::Transient { reason, .. } | Self::Unexpected { reason } => reason.clone(),
         }
     }
@@ -293,8 +297,9 @@ impl OAuth2Provider {
                     "OAuth error response"
                 );
                 match err.error.as_str() {
-                    "invalid_grant" | "invalid_client" | "unauthorized_client" => {
-                        ProviderError::Terminal { error: err.error }
+                    "invalid_grant" => ProviderError::Terminal { error: err.error },
+                    "invalid_client" | "unauthorized_client" => {
+                        ProviderError::Misconfigured { error: err.error }
                     }
                     "temporarily_unavailable" => ProviderError::Transient {
                         reason: err.error,

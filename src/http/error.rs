@@ -34,6 +34,8 @@ pub enum ApiError {
     ProviderNotConfigured,
     #[error("the provider is unavailable")]
     ProviderUnavailable { retry_after_seconds: u64 },
+    #[error("the provider rejected this service's OAuth client; an operator must fix its configuration (the grant is unharmed)")]
+    ProviderMisconfigured { retry_after_seconds: u64 },
     #[error("KMS is unavailable")]
     KmsUnavailable(#[source] anyhow::Error),
     #[error("the database is unavailable")]
@@ -61,6 +63,7 @@ impl ApiError {
             Self::ReauthorizationRequired => StatusCode::CONFLICT,
             Self::ProviderNotConfigured => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ProviderUnavailable { .. }
+            | Self::ProviderMisconfigured { .. }
             | Self::KmsUnavailable(_)
             | Self::DatabaseUnavailable(_)
             | Self::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,6 +82,7 @@ impl ApiError {
             Self::ReauthorizationRequired => ProblemCode::ReauthorizationRequired,
             Self::ProviderNotConfigured => ProblemCode::ProviderNotConfigured,
             Self::ProviderUnavailable { .. } => ProblemCode::ProviderUnavailable,
+            Self::ProviderMisconfigured { .. } => ProblemCode::ProviderMisconfigured,
             Self::KmsUnavailable(_) => ProblemCode::KmsUnavailable,
             Self::DatabaseUnavailable(_) => ProblemCode::DatabaseUnavailable,
             Self::RequestTimeout => ProblemCode::RequestTimeout,
@@ -108,6 +112,10 @@ pub enum ProblemCode {
     ProviderNotConfigured,
     /// 503: the provider failed or the refresh lock is busy, and the token has expired.
     ProviderUnavailable,
+    /// 503: the provider rejected this service's OAuth client (`invalid_client`,
+    /// `unauthorized_client`) and the token has expired; the grant is unharmed and works
+    /// again, with no new consent, once an operator fixes the client's configuration.
+    ProviderMisconfigured,
     /// 503: KMS is unreachable or refuses.
     KmsUnavailable,
     /// 503: PostgreSQL is down or did not answer in time.
@@ -129,6 +137,7 @@ impl ProblemCode {
             Self::ReauthorizationRequired => "reauthorization_required",
             Self::ProviderNotConfigured => "provider_not_configured",
             Self::ProviderUnavailable => "provider_unavailable",
+            Self::ProviderMisconfigured => "provider_misconfigured",
             Self::KmsUnavailable => "kms_unavailable",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::RequestTimeout => "request_timeout",
@@ -209,6 +218,9 @@ impl IntoResponse for ApiError {
         );
         let retry_after = match self {
             Self::ProviderUnavailable {
+                retry_after_seconds,
+            }
+            | Self::ProviderMisconfigured {
                 retry_after_seconds,
             } => Some(retry_after_seconds),
             Self::KmsUnavailable(_) | Self::DatabaseUnavailable(_) | Self::RequestTimeout => {
@@ -298,9 +310,10 @@ impl From<RefreshError> for ApiError {
             ),
             RefreshError::ProviderNotConfigured => Self::ProviderNotConfigured,
             RefreshError::ProviderUnavailable { retry_after } => Self::ProviderUnavailable {
-                // Round up: "retry in 0 s" would invite a hot loop.
-                retry_after_seconds: retry_after.as_secs()
-                    + u64::from(retry_after.subsec_nanos() > 0),
+                retry_after_seconds: whole_seconds(retry_after),
+            },
+            RefreshError::ProviderMisconfigured { retry_after } => Self::ProviderMisconfigured {
+                retry_after_seconds: whole_seconds(retry_after),
             },
             RefreshError::KmsUnavailable(e) => Self::KmsUnavailable(anyhow::anyhow!("{e:#}")),
             RefreshError::DatabaseUnavailable(e) => {
@@ -309,6 +322,11 @@ impl From<RefreshError> for ApiError {
             RefreshError::Unexpected(e) => Self::Internal(anyhow::anyhow!("{e:#}")),
         }
     }
+}
+
+/// Rounded up: "retry in 0 s" would invite a hot loop.
+fn whole_seconds(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl From<VaultError> for ApiError {

@@ -255,7 +255,7 @@ const MAX_MIN_VALIDITY_SECONDS: i64 = 24 * 3600;
         (status = 409, description = "`reauthorization_required`: the grant is dead", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`invalid_request`: the body is too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_request`: a bad path or body value; or `provider_not_configured`: a refresh is needed and the provider has no OAuth client", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`provider_unavailable`, `kms_unavailable`, `database_unavailable` or `request_timeout`", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`provider_unavailable`, `provider_misconfigured`, `kms_unavailable`, `database_unavailable` or `request_timeout`", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn access_token(
@@ -305,7 +305,7 @@ async fn access_token(
         (status = 404, description = "`token_not_found`: nothing is stored", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`reauthorization_required`: the grant is dead", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`invalid_request`: a bad path value; or `provider_not_configured`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`provider_unavailable`, `kms_unavailable`, `database_unavailable` or `request_timeout`", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "`provider_unavailable`, `provider_misconfigured`, `kms_unavailable`, `database_unavailable` or `request_timeout`", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
 async fn force_refresh(

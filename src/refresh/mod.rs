@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::config::RefreshSettings;
 use crate::crypto::CryptoError;
-use crate::domain::{AccessGrant, GrantKey, Scope, TokenSet, TokenStatus};
+use crate::domain::{AccessGrant, GrantKey, ProviderName, Scope, TokenSet, TokenStatus};
 use crate::metrics::Metrics;
 use crate::providers::{Provider, ProviderError, Providers};
 use crate::vault::{SealedGrant, Vault, VaultError};
@@ -48,6 +48,8 @@ pub enum RefreshError {
     ProviderNotConfigured,
     #[error("the provider is unavailable")]
     ProviderUnavailable { retry_after: Duration },
+    #[error("the provider rejected the OAuth client: its configuration must be fixed")]
+    ProviderMisconfigured { retry_after: Duration },
     #[error("KMS is unavailable")]
     KmsUnavailable(Arc<anyhow::Error>),
     #[error("the database is unavailable")]
@@ -94,6 +96,9 @@ pub enum RefreshOutcome {
     NoRefreshToken,
     /// The provider rejected the grant: it is dead.
     Terminal,
+    /// The provider rejected the OAuth client (or it did so moments ago): the operator's
+    /// configuration is wrong, the grant is untouched.
+    Misconfigured,
     /// The provider is unavailable.
     Transient,
     /// The provider answered something unusable.
@@ -111,6 +116,7 @@ impl RefreshOutcome {
             Self::Superseded => "superseded",
             Self::NoRefreshToken => "no_refresh_token",
             Self::Terminal => "terminal",
+            Self::Misconfigured => "misconfigured",
             Self::Transient => "transient",
             Self::Error => "error",
         }
@@ -137,6 +143,41 @@ struct Inner {
     settings: RefreshSettings,
     metrics: Metrics,
     flights: Flights<FlightKey, Outcome>,
+    misconfigured: Misconfigured,
+}
+
+/// How long refreshes at a provider pause after it rejected the OAuth client: the
+/// `Retry-After` of `provider_misconfigured`, and how often the condition is logged.
+pub const MISCONFIGURED_PAUSE: Duration = Duration::from_secs(30);
+
+/// Providers that rejected the OAuth client lately, and until when refreshes there pause.
+/// A fixed configuration means a restart, which starts with no pause.
+#[derive(Default)]
+struct Misconfigured {
+    until: std::sync::Mutex<std::collections::HashMap<ProviderName, Instant>>,
+}
+
+impl Misconfigured {
+    /// Starts a pause, logging the condition if no pause was running (once per pause).
+    fn trip(&self, provider: &ProviderName, error: &str) {
+        let now = Instant::now();
+        let mut until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        let running = until.get(provider).is_some_and(|end| *end > now);
+        until.insert(provider.clone(), now + MISCONFIGURED_PAUSE);
+        if !running {
+            tracing::error!(
+                provider = %provider,
+                error = %error,
+                pause_s = MISCONFIGURED_PAUSE.as_secs(),
+                "the provider rejected the OAuth client: check its client_id, client_secret and client_auth; grants are left as they are"
+            );
+        }
+    }
+
+    fn is_paused(&self, provider: &ProviderName) -> bool {
+        let until = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        until.get(provider).is_some_and(|end| *end > Instant::now())
+    }
 }
 
 impl Refresher {
@@ -153,6 +194,7 @@ impl Refresher {
                 settings,
                 metrics,
                 flights: Flights::default(),
+                misconfigured: Misconfigured::default(),
             }),
         }
     }
@@ -218,6 +260,15 @@ impl Inner {
             self.count(grant, RefreshOutcome::NotConfigured);
             return Err(RefreshError::ProviderNotConfigured);
         };
+        if self.misconfigured.is_paused(&grant.provider) {
+            self.count(grant, RefreshOutcome::Misconfigured);
+            let sealed = self
+                .vault
+                .read(grant)
+                .await?
+                .ok_or(RefreshError::NotFound)?;
+            return self.serve_while_misconfigured(&sealed).await;
+        }
         // A grant replaced or deleted while the provider was being asked fences the write
         // off; the new state is then looked at under the lock again: a deleted grant is not
         // found, a new one is served if it is fresh and refreshed if it is not (even when
@@ -284,6 +335,13 @@ impl Inner {
                 }
                 self.count(grant, RefreshOutcome::Refreshed);
                 Ok(Some(token.into()))
+            }
+            Err(ProviderError::Misconfigured { error }) => {
+                // Not the grant's fault: nothing is written, and calls to this provider
+                // pause for a while (no point asking again with the same client).
+                self.misconfigured.trip(&grant.provider, &error);
+                self.count(grant, RefreshOutcome::Misconfigured);
+                self.serve_while_misconfigured(&sealed).await.map(Some)
             }
             Err(ProviderError::Terminal { error }) => {
                 if !locked.mark_dead(&sealed, &error).await? {
@@ -364,6 +422,18 @@ impl Inner {
             Fallback::Unavailable { retry_after } => {
                 Err(RefreshError::ProviderUnavailable { retry_after })
             }
+        }
+    }
+
+    /// The current token while it has not actually expired (the grant is fine, the client
+    /// is not), else 503 `provider_misconfigured`.
+    async fn serve_while_misconfigured(&self, sealed: &SealedGrant) -> Outcome {
+        let until = after(Utc::now(), MISCONFIGURED_PAUSE);
+        match self.fall_back(sealed, until).await {
+            Err(RefreshError::ProviderUnavailable { retry_after }) => {
+                Err(RefreshError::ProviderMisconfigured { retry_after })
+            }
+            served => served,
         }
     }
 

@@ -214,39 +214,99 @@ async fn provider_error_texts_that_echo_tokens_never_reach_the_logs() {
     }
 }
 
-/// Pins today's behaviour for an answer with OAuth `error` = `code` (to change later): a
-/// forced refresh is 409 `reauthorization_required` and the grant is marked so.
-async fn pins_current_behaviour_for(code: &str) {
-    let provider = FakeProvider::start().await;
+/// An answer with OAuth `error` = `code` (400 or 401) blames the service's OAuth client, not
+/// the grant: 503 `provider_misconfigured` with `Retry-After`, the row untouched.
+async fn rejected_client_leaves_the_grant_alone(code: &str) {
     for status in [400, 401] {
-        provider.set_mode_for(
-            &format!("{code}-{status}"),
-            Mode::json(status, &json!({ "error": code, "error_description": "no" })),
+        let provider = FakeProvider::start().await;
+        provider.set_mode(Mode::json(
+            status,
+            &json!({ "error": code, "error_description": "no" }),
+        ));
+        let app = TestApp::spawn_with_provider(&provider).await;
+        let user = format!("user-{status}");
+        app.put_token(&user, "google", &expired_body(&user)).await;
+        let before = stored_row(&app, &user).await;
+
+        let served = app.access_token(&user, "google").await;
+        assert!(served.headers().contains_key("retry-after"), "{status}");
+        assert_problem(served, 503, "provider_misconfigured").await;
+        let stored: Value = app.get_token(&user, "google").await.json().await.unwrap();
+        assert_eq!(stored["status"], "active", "{status}");
+        assert_eq!(stored_row(&app, &user).await, before, "the row is untouched");
+        // The next call does not ask the provider again for a while.
+        assert_problem(
+            app.access_token(&user, "google").await,
+            503,
+            "provider_misconfigured",
+        )
+        .await;
+        assert_eq!(provider.token_calls(), 1, "one call, then the provider pauses");
+        assert_eq!(
+            app.metric(
+                "token_store_refreshes_total",
+                &[("provider", "google"), ("outcome", "misconfigured")]
+            )
+            .await,
+            2.0
         );
     }
-    let app = TestApp::spawn_with_provider(&provider).await;
-    for status in [400, 401] {
-        let user = format!("user-{status}");
-        app.put_token(&user, "google", &token_body(&format!("{code}-{status}")))
+}
+
+/// What a rejected client must not change: the row's version, status and bookkeeping.
+async fn stored_row(app: &TestApp, user: &str) -> (i64, String, i32, Option<String>) {
+    sqlx::query_as(
+        "select version, status, refresh_failure_count, last_refresh_error \
+         from integration_tokens where user_id = $1 and provider = 'google'",
+    )
+    .bind(user)
+    .fetch_one(&app.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn invalid_client_is_the_operators_mistake_not_a_dead_grant() {
+    rejected_client_leaves_the_grant_alone("invalid_client").await;
+}
+
+#[tokio::test]
+async fn unauthorized_client_is_the_operators_mistake_not_a_dead_grant() {
+    rejected_client_leaves_the_grant_alone("unauthorized_client").await;
+}
+
+#[tokio::test]
+async fn after_a_wrong_client_secret_is_fixed_the_same_grants_refresh_without_new_consent() {
+    let provider = FakeProvider::start().await;
+    let app = TestApp::spawn_configured(|config| {
+        let mut wrong = provider.settings();
+        wrong.client_secret = "a-typo-in-the-secret".to_owned().into();
+        config.providers.insert("google".into(), wrong);
+    })
+    .await;
+    let users: Vec<String> = (0..3).map(|n| format!("typo-{n}")).collect();
+    for user in &users {
+        app.put_token(user, "google", &expired_body(user)).await;
+        assert_problem(app.access_token(user, "google").await, 503, "provider_misconfigured")
             .await;
-
-        let forced = app.force_refresh(&user, "google").await;
-        assert_problem(forced, 409, "reauthorization_required").await;
-        let stored: Value = app.get_token(&user, "google").await.json().await.unwrap();
-        assert_eq!(stored["status"], "reauthorization_required", "{status}");
-        assert_eq!(last_refresh_error(&app, &user).await.as_deref(), Some(code));
     }
-    assert_eq!(provider.token_calls(), 2);
-}
+    for user in &users {
+        let stored: Value = app.get_token(user, "google").await.json().await.unwrap();
+        assert_eq!(stored["status"], "active");
+    }
+    assert_eq!(provider.token_calls(), 1, "the provider was asked once, then paused");
 
-#[tokio::test]
-async fn pins_current_behaviour_invalid_client_marks_the_grant_reauthorization_required() {
-    pins_current_behaviour_for("invalid_client").await;
-}
-
-#[tokio::test]
-async fn pins_current_behaviour_unauthorized_client_marks_the_grant_reauthorization_required() {
-    pins_current_behaviour_for("unauthorized_client").await;
+    // The operator fixes the secret and the service restarts: no user consents again.
+    let fixed = app
+        .sibling_with(|config| {
+            config.providers.insert("google".into(), provider.settings());
+        })
+        .await;
+    for user in &users {
+        let served = fixed.access_token(user, "google").await;
+        assert_eq!(served.status(), 200, "{user}");
+    }
+    assert_eq!(provider.token_calls(), 4);
 }
 
 #[tokio::test]
