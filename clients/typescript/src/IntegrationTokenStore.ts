@@ -18,7 +18,9 @@ export interface StoredToken {
 /**
  * A refresh failed. `cause` is the client error behind it: e.g.
  * `TokenStoreReauthorizationRequiredError` (the user must consent again),
- * `TokenStoreTokenNotFoundError`, `TokenStoreProviderUnavailableError` (with `retryAfter`).
+ * `TokenStoreTokenNotFoundError`, `TokenStoreProviderUnavailableError` (with `retryAfter`),
+ * `TokenStoreProviderMisconfiguredError` (with `retryAfter`: the service's OAuth client was
+ * rejected; the grant works again once an operator fixes it, no new consent needed).
  */
 export class TokenRefreshError extends Schema.TaggedError<TokenRefreshError>()("TokenRefreshError", {
   provider: Schema.String,

@@ -144,6 +144,27 @@ export class TokenStoreProviderUnavailableError
   }
 }
 
+/**
+ * `provider_misconfigured` (503): the provider rejected the service's OAuth client
+ * (`invalid_client` / `unauthorized_client`: an operator's wrong `client_id`, `client_secret`
+ * or `client_auth`) and the current token has expired. The grant is not dead: it works again,
+ * with no new consent, once an operator fixes the configuration.
+ */
+export class TokenStoreProviderMisconfiguredError
+  extends Schema.TaggedError<TokenStoreProviderMisconfiguredError>()(
+    "TokenStoreProviderMisconfiguredError",
+    unavailableFields
+  )
+{
+  static readonly code = "provider_misconfigured"
+  get code(): "provider_misconfigured" {
+    return "provider_misconfigured"
+  }
+  override get message(): string {
+    return retryMessage(describe(this.code, this.status, this.detail), this.retryAfter)
+  }
+}
+
 /** `kms_unavailable` (503): KMS unreachable or refusing. */
 export class TokenStoreKmsUnavailableError extends Schema.TaggedError<TokenStoreKmsUnavailableError>()(
   "TokenStoreKmsUnavailableError",
@@ -253,6 +274,7 @@ export type TokenStoreProblemError =
   | TokenStoreReauthorizationRequiredError
   | TokenStoreProviderNotConfiguredError
   | TokenStoreProviderUnavailableError
+  | TokenStoreProviderMisconfiguredError
   | TokenStoreKmsUnavailableError
   | TokenStoreDatabaseUnavailableError
   | TokenStoreRequestTimeoutError
@@ -264,6 +286,7 @@ export type TokenStoreError = TokenStoreProblemError | TokenStoreTransportError 
 /** The 503 problems: each carries `retryAfter`. */
 export type TokenStoreUnavailableError =
   | TokenStoreProviderUnavailableError
+  | TokenStoreProviderMisconfiguredError
   | TokenStoreKmsUnavailableError
   | TokenStoreDatabaseUnavailableError
   | TokenStoreRequestTimeoutError
@@ -278,6 +301,7 @@ export const TokenStoreError = Schema.Union(
   TokenStoreReauthorizationRequiredError,
   TokenStoreProviderNotConfiguredError,
   TokenStoreProviderUnavailableError,
+  TokenStoreProviderMisconfiguredError,
   TokenStoreKmsUnavailableError,
   TokenStoreDatabaseUnavailableError,
   TokenStoreRequestTimeoutError,
@@ -299,6 +323,7 @@ export const problemClasses = {
   reauthorization_required: TokenStoreReauthorizationRequiredError,
   provider_not_configured: TokenStoreProviderNotConfiguredError,
   provider_unavailable: TokenStoreProviderUnavailableError,
+  provider_misconfigured: TokenStoreProviderMisconfiguredError,
   kms_unavailable: TokenStoreKmsUnavailableError,
   database_unavailable: TokenStoreDatabaseUnavailableError,
   request_timeout: TokenStoreRequestTimeoutError,
@@ -324,8 +349,9 @@ export type TokenStoreErrorIn<E> = unknown extends E ? TokenStoreError & E : Ext
 
 /** Whether `e` is a 503 problem (it carries `retryAfter`). */
 export const isUnavailable = (e: TokenStoreError): e is TokenStoreUnavailableError =>
-  e._tag === "TokenStoreProviderUnavailableError" || e._tag === "TokenStoreKmsUnavailableError" ||
-  e._tag === "TokenStoreDatabaseUnavailableError" || e._tag === "TokenStoreRequestTimeoutError"
+  e._tag === "TokenStoreProviderUnavailableError" || e._tag === "TokenStoreProviderMisconfiguredError" ||
+  e._tag === "TokenStoreKmsUnavailableError" || e._tag === "TokenStoreDatabaseUnavailableError" ||
+  e._tag === "TokenStoreRequestTimeoutError"
 
 const retryMessage = (text: string, retryAfter: number | undefined): string =>
   retryAfter === undefined ? text : `${text}; retry after ${retryAfter} s`

@@ -5,6 +5,7 @@
  */
 import { Effect, Schema } from "effect"
 import type {
+  TokenStoreProviderMisconfiguredError,
   TokenStoreProviderNotConfiguredError,
   TokenStoreProviderUnavailableError,
   TokenStoreReauthorizationRequiredError,
@@ -17,7 +18,8 @@ import { TokenStoreClient } from "./TokenStoreClient.js"
 
 /**
  * The user must (re)authorize: nothing is stored (`no_token`, 404 `token_not_found`), or the
- * provider rejected the grant (`reauthorization_required`, 409).
+ * provider rejected the grant (`reauthorization_required`, 409; `invalid_grant`, or no
+ * refresh token).
  */
 export class GoogleAuthenticationError extends Schema.TaggedError<GoogleAuthenticationError>()(
   "GoogleAuthenticationError",
@@ -48,13 +50,16 @@ export class GoogleScopeExpansionRequiredError extends Schema.TaggedError<Google
 
 /**
  * The token needed a refresh and it could not be done now: the provider failed transiently
- * (503 `provider_unavailable`, `retryAfter` seconds), or the service has no OAuth client for
- * the provider (422 `provider_not_configured`, a deployment error).
+ * (503 `provider_unavailable`, `retryAfter` seconds), the provider rejected the service's
+ * OAuth client (503 `provider_misconfigured`, `retryAfter` seconds: a deployment error; the
+ * grant works again, with no new consent, once an operator fixes the configuration), or the
+ * service has no OAuth client for the provider (422 `provider_not_configured`, a deployment
+ * error).
  */
 export class GoogleTokenRefreshError extends Schema.TaggedError<GoogleTokenRefreshError>()(
   "GoogleTokenRefreshError",
   {
-    reason: Schema.Literal("provider_unavailable", "provider_not_configured"),
+    reason: Schema.Literal("provider_unavailable", "provider_misconfigured", "provider_not_configured"),
     provider: Schema.String,
     detail: Schema.String,
     retryAfter: Schema.optional(Schema.Number)
@@ -69,8 +74,9 @@ export class GoogleTokenRefreshError extends Schema.TaggedError<GoogleTokenRefre
 /**
  * The service answered with a token that does not live as long as asked: it expires within
  * `minValiditySeconds` (or has expired by this host's clock). This happens only when a
- * refresh was due but the provider is failing transiently (or the refresh lock was busy):
- * the service then serves the current token while it has not actually expired.
+ * refresh was due but the provider is failing transiently (or the refresh lock was busy),
+ * or the provider rejects the service's OAuth client: the service then serves the current
+ * token while it has not actually expired.
  */
 export class GoogleTokenExpiredError extends Schema.TaggedError<GoogleTokenExpiredError>()(
   "GoogleTokenExpiredError",
@@ -102,6 +108,7 @@ export type GetValidTokenServiceError = Exclude<
   | TokenStoreReauthorizationRequiredError
   | TokenStoreScopeExpansionRequiredError
   | TokenStoreProviderUnavailableError
+  | TokenStoreProviderMisconfiguredError
   | TokenStoreProviderNotConfiguredError
 >
 
@@ -145,6 +152,15 @@ export const getValidToken = (
           Effect.fail(
             new GoogleTokenRefreshError({
               reason: "provider_unavailable",
+              provider,
+              detail: e.detail,
+              ...(e.retryAfter === undefined ? {} : { retryAfter: e.retryAfter })
+            })
+          ),
+        TokenStoreProviderMisconfiguredError: (e) =>
+          Effect.fail(
+            new GoogleTokenRefreshError({
+              reason: "provider_misconfigured",
               provider,
               detail: e.detail,
               ...(e.retryAfter === undefined ? {} : { retryAfter: e.retryAfter })

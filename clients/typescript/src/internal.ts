@@ -55,6 +55,7 @@ export const problemToError = (body: ProblemBody, info: AnswerInfo): TokenStoreE
     case "scope_expansion_required":
       return new TokenStoreScopeExpansionRequiredError({ ...common, missingScopes: body.missingScopes ?? [] })
     case "provider_unavailable":
+    case "provider_misconfigured":
     case "kms_unavailable":
     case "database_unavailable":
     case "request_timeout": {

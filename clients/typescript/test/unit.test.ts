@@ -1,16 +1,21 @@
 /**
- * Pure parts of the client: problem codes → error classes, Retry-After, configuration.
- * (Everything that talks HTTP is tested against the real service in integration.test.ts.)
+ * Pure parts of the client: problem codes → error classes, Retry-After, configuration, and
+ * canned answers (an in-memory HttpClient) mapped onto errors.
+ * (Everything that needs the real service is tested against it in integration.test.ts.)
  */
-import { FetchHttpClient } from "@effect/platform"
+import { FetchHttpClient, HttpClient, HttpClientResponse } from "@effect/platform"
 import { ConfigProvider, Effect, Exit, Layer, Redacted } from "effect"
 import assert from "node:assert/strict"
 import { describe, it } from "node:test"
 import {
+  getValidToken,
+  GoogleTokenRefreshError,
   isTokenStoreError,
+  isUnavailable,
   problemClasses,
   TokenStoreClient,
   TokenStoreDecodeError,
+  TokenStoreProviderMisconfiguredError,
   TokenStoreProviderUnavailableError,
   TokenStoreScopeExpansionRequiredError
 } from "@token-store/client"
@@ -29,6 +34,7 @@ describe("problem codes", () => {
       "reauthorization_required",
       "provider_not_configured",
       "provider_unavailable",
+      "provider_misconfigured",
       "kms_unavailable",
       "database_unavailable",
       "request_timeout",
@@ -59,10 +65,85 @@ describe("problem codes", () => {
     assert.equal(unavailable.requestId, "req-1")
   })
 
+  it("provider_misconfigured is its own 503 error with retryAfter, not provider_unavailable", () => {
+    const error = problemToError({ code: "provider_misconfigured", detail: "d" }, info)
+    assert.ok(error instanceof TokenStoreProviderMisconfiguredError, String(error))
+    assert.ok(!(error instanceof TokenStoreProviderUnavailableError))
+    assert.equal(error._tag, "TokenStoreProviderMisconfiguredError")
+    assert.equal(error.code, "provider_misconfigured")
+    assert.equal(TokenStoreProviderMisconfiguredError.code, "provider_misconfigured")
+    assert.equal(error.retryAfter, 7)
+    assert.equal(error.requestId, "req-1")
+    assert.ok(isUnavailable(error))
+    assert.ok(error.message.includes("retry after 7 s"), error.message)
+  })
+
   it("an unknown code is a TokenStoreDecodeError", () => {
     const error = problemToError({ code: "brand_new", detail: "d" }, info)
     assert.ok(error instanceof TokenStoreDecodeError)
     assert.ok(error.detail.includes("brand_new"))
+  })
+})
+
+/**
+ * A `TokenStoreClient` whose every request gets the same problem+json answer (no network);
+ * `requests` counts the requests sent (retries included).
+ */
+const answering = (status: number, body: unknown, headers: Record<string, string> = {}) => {
+  const requests: Array<string> = []
+  const http = HttpClient.make((request) => {
+    requests.push(`${request.method} ${request.url}`)
+    return Effect.succeed(HttpClientResponse.fromWeb(
+      request,
+      new Response(JSON.stringify(body), {
+        status,
+        headers: { "content-type": "application/problem+json", "x-request-id": "req-9", ...headers }
+      })
+    ))
+  })
+  const layer = TokenStoreClient.layer({ baseUrl: "http://token-store.test", apiKey: Redacted.make("k") }).pipe(
+    Layer.provide(Layer.succeed(HttpClient.HttpClient, http))
+  )
+  return { requests, layer }
+}
+
+const misconfigured = {
+  type: "urn:token-store:problem:provider_misconfigured",
+  title: "Service Unavailable",
+  status: 503,
+  code: "provider_misconfigured",
+  detail: "the provider rejected the OAuth client"
+}
+
+describe("provider_misconfigured answers", () => {
+  it("a 503 provider_misconfigured with Retry-After: 30 is TokenStoreProviderMisconfiguredError { retryAfter: 30 }", async () => {
+    const { requests, layer } = answering(503, misconfigured, { "retry-after": "30" })
+    const error = await Effect.runPromise(
+      Effect.flatMap(TokenStoreClient, (client) => client.getAccessToken("u1", "google")).pipe(
+        Effect.flip,
+        Effect.provide(layer)
+      )
+    )
+    assert.ok(error instanceof TokenStoreProviderMisconfiguredError, String(error))
+    assert.equal(error.retryAfter, 30)
+    assert.equal(error.status, 503)
+    assert.equal(error.requestId, "req-9")
+    assert.equal(error.detail, misconfigured.detail)
+    // 30 s is over the default maxRetryAfter (5 s): failed at once, not retried.
+    assert.equal(requests.length, 1)
+  })
+
+  it("getValidToken maps it to GoogleTokenRefreshError { reason: \"provider_misconfigured\", retryAfter }", async () => {
+    const { layer } = answering(503, misconfigured, { "retry-after": "30" })
+    const error = await Effect.runPromise(
+      getValidToken("u1", "google", ["openid"]).pipe(Effect.flip, Effect.provide(layer))
+    )
+    assert.ok(error instanceof GoogleTokenRefreshError, String(error))
+    assert.equal(error.reason, "provider_misconfigured")
+    assert.equal(error.retryAfter, 30)
+    assert.equal(error.provider, "google")
+    assert.equal(error.detail, misconfigured.detail)
+    assert.ok(error.message.includes("provider_misconfigured"), error.message)
   })
 })
 
