@@ -16,6 +16,8 @@ pub enum Permission {
     Refresh,
     Revoke,
     ReadRefreshToken,
+    /// Operators: every grant's health and the webhook deliveries (never a token).
+    Inspect,
 }
 
 impl Permission {
@@ -26,6 +28,7 @@ impl Permission {
             Self::Refresh => "refresh",
             Self::Revoke => "revoke",
             Self::ReadRefreshToken => "read_refresh_token",
+            Self::Inspect => "inspect",
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
 use crate::auth::{Client, Permission};
@@ -42,6 +42,10 @@ pub struct Config {
     pub providers: HashMap<String, ProviderSettings>,
     #[serde(default)]
     pub clients: Vec<ClientConfig>,
+    #[serde(default)]
+    pub keeper: KeeperConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -330,13 +334,15 @@ impl RefreshConfig {
 /// a TOML array). Other `TOKEN_STORE_*` names (`TOKEN_STORE_CONFIG`, a script's own) are
 /// not configuration and are left alone.
 fn environment() -> Env {
-    const SECTIONS: [&str; 6] = [
+    const SECTIONS: [&str; 8] = [
         "server",
         "database",
         "kms",
         "refresh",
         "providers",
         "clients",
+        "keeper",
+        "webhooks",
     ];
     Env::prefixed("TOKEN_STORE_")
         .filter(|key| {
@@ -387,6 +393,155 @@ pub struct ProviderSettings {
     /// The provider issues a new refresh token on every refresh (Microsoft does).
     #[serde(default)]
     pub rotates_refresh_tokens: bool,
+    /// The keeper refreshes a grant whose refresh token has not been used for this long,
+    /// so that idle expiry never hits (Google drops refresh tokens unused for six months,
+    /// Microsoft after 90 days). Default: 7 days.
+    #[serde(
+        rename = "keep_alive_after_seconds",
+        deserialize_with = "seconds",
+        default = "default_keep_alive_after"
+    )]
+    pub keep_alive_after: Duration,
+    /// When a new consent replaces a grant with another refresh token, revoke the old one
+    /// at the provider (after the commit, best effort), so repeated consents do not pile
+    /// up live refresh tokens (Google keeps at most 100 per user and client).
+    #[serde(default = "yes")]
+    pub revoke_superseded: bool,
+}
+
+fn default_keep_alive_after() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[keeper]`: the background refresh ahead of expiry, in every replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeeperConfig {
+    pub enabled: bool,
+    /// Refresh grants whose access token expires within this.
+    #[serde(rename = "refresh_ahead_seconds", deserialize_with = "seconds")]
+    pub refresh_ahead: Duration,
+    /// Each grant's refresh is brought forward by a random part of this, so that grants
+    /// stored together are not refreshed together.
+    #[serde(rename = "jitter_seconds", deserialize_with = "seconds")]
+    pub jitter: Duration,
+    /// How often the keeper looks for due grants.
+    #[serde(rename = "interval_ms", deserialize_with = "millis")]
+    pub interval: Duration,
+    /// Due grants claimed at once.
+    pub batch_size: u32,
+    /// Refreshes at once per provider, in this replica.
+    pub concurrency_per_provider: u32,
+    /// Refreshes per second per provider, in this replica.
+    pub rate_per_provider: u32,
+    /// How long a claim keeps other replicas off a grant (longer than one refresh).
+    #[serde(rename = "claim_ms", deserialize_with = "millis")]
+    pub claim: Duration,
+}
+
+impl Default for KeeperConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            refresh_ahead: Duration::from_secs(600),
+            jitter: Duration::from_secs(120),
+            interval: Duration::from_secs(5),
+            batch_size: 100,
+            concurrency_per_provider: 8,
+            rate_per_provider: 50,
+            claim: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[webhooks]`: where grant events are sent, signed per Standard Webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub endpoints: HashMap<String, WebhookEndpoint>,
+    /// Attempts before a delivery is marked failed (it stays listable).
+    pub max_attempts: u32,
+    /// First wait after a failed attempt; doubles per attempt (with jitter) up to the max.
+    #[serde(rename = "backoff_base_ms", deserialize_with = "millis")]
+    pub backoff_base: Duration,
+    #[serde(rename = "backoff_max_ms", deserialize_with = "millis")]
+    pub backoff_max: Duration,
+    /// Time limit of one delivery.
+    #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+    pub timeout: Duration,
+    /// How often the worker looks for due deliveries.
+    #[serde(rename = "interval_ms", deserialize_with = "millis")]
+    pub interval: Duration,
+    /// How long a claim keeps other replicas off a delivery (longer than `timeout`).
+    #[serde(rename = "claim_ms", deserialize_with = "millis")]
+    pub claim: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            endpoints: HashMap::new(),
+            max_attempts: 12,
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            interval: Duration::from_secs(1),
+            claim: Duration::from_secs(30),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The endpoints' names, sorted: what each event gets a delivery to.
+    pub fn endpoint_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.endpoints.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The reason the service must not start, if any.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.claim <= self.timeout {
+            bail!("webhooks.claim_ms must be longer than webhooks.timeout_ms");
+        }
+        if self.max_attempts == 0 {
+            bail!("webhooks.max_attempts must be at least 1");
+        }
+        for (name, endpoint) in &self.endpoints {
+            let url = reqwest::Url::parse(&endpoint.url)
+                .map_err(|e| anyhow::anyhow!("webhook endpoint {name}: bad url: {e}"))?;
+            if !matches!(url.scheme(), "https" | "http") {
+                bail!("webhook endpoint {name}: the url must be https (or http)");
+            }
+            standardwebhooks::Webhook::new(endpoint.secret.expose_secret()).map_err(|_| {
+                anyhow::anyhow!("webhook endpoint {name}: the secret must be whsec_ and base64")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One webhook endpoint (`[webhooks.endpoints.NAME]`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    /// The signing secret, `whsec_` and base64 (Standard Webhooks).
+    #[serde(deserialize_with = "scalar_secret")]
+    pub secret: SecretString,
+}
+
+impl fmt::Debug for WebhookEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookEndpoint")
+            .field("url", &self.url)
+            .field("secret", &"[REDACTED]")
+            .finish()
+    }
 }
 
 impl fmt::Debug for ProviderSettings {
@@ -399,6 +554,8 @@ impl fmt::Debug for ProviderSettings {
             .field("revoke_endpoint", &self.revoke_endpoint)
             .field("client_auth", &self.client_auth)
             .field("rotates_refresh_tokens", &self.rotates_refresh_tokens)
+            .field("keep_alive_after", &self.keep_alive_after)
+            .field("revoke_superseded", &self.revoke_superseded)
             .finish()
     }
 }
@@ -672,9 +829,36 @@ mod tests {
             revoke_endpoint: None,
             client_auth: None,
             rotates_refresh_tokens: false,
+            keep_alive_after: Duration::from_secs(3600),
+            revoke_superseded: true,
         };
         let debug = format!("{s:?}");
         assert!(!debug.contains("very-secret-value"), "{debug}");
         assert!(debug.contains("client_secret: \"[REDACTED]\""), "{debug}");
+    }
+
+    #[test]
+    fn webhook_endpoint_debug_redacts_the_secret_and_bad_secrets_are_refused() {
+        let endpoint = WebhookEndpoint {
+            url: "https://hooks.example.com/token-store".into(),
+            secret: SecretString::from("whsec_c2VjcmV0LXNpZ25pbmcta2V5"),
+        };
+        let debug = format!("{endpoint:?}");
+        assert!(!debug.contains("c2VjcmV0"), "{debug}");
+        assert!(debug.contains("[REDACTED]"), "{debug}");
+
+        let mut webhooks = WebhooksConfig::default();
+        webhooks.endpoints.insert("ok".into(), endpoint.clone());
+        assert!(webhooks.check().is_ok());
+        webhooks.endpoints.insert(
+            "bad".into(),
+            WebhookEndpoint {
+                secret: SecretString::from("whsec_not base64!"),
+                ..endpoint
+            },
+        );
+        let err = webhooks.check().unwrap_err().to_string();
+        assert!(err.contains("bad"), "{err}");
+        assert!(!err.contains("not base64"), "{err}");
     }
 }

@@ -243,6 +243,45 @@ pub struct GrantState {
     pub refresh_failures: u32,
     /// No refresh is tried before this (a cool-down after a transient failure).
     pub retry_after: Option<DateTime<Utc>>,
+    /// When the keeper refreshes it (`None`: never).
+    pub next_refresh_at: Option<DateTime<Utc>>,
+}
+
+/// How a grant is doing, as callers and operators see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantHealth {
+    Active,
+    /// Refreshes have been failing transiently since the last one that worked.
+    Degraded {
+        consecutive_failures: u32,
+        last_error: Option<String>,
+        next_retry_at: Option<DateTime<Utc>>,
+    },
+    /// Dead: only the user's consent brings it back. `reason`: the provider's error
+    /// (`invalid_grant`), or `missing_refresh_token` for an expired grant that has none.
+    ReauthorizationRequired { reason: String },
+}
+
+impl GrantHealth {
+    /// The state's name: `active`, `degraded` or `reauthorization_required`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Degraded { .. } => "degraded",
+            Self::ReauthorizationRequired { .. } => "reauthorization_required",
+        }
+    }
+}
+
+/// A grant's state and health, without its tokens.
+#[derive(Debug, Clone)]
+pub struct GrantSummary {
+    pub grant: GrantKey,
+    pub health: GrantHealth,
+    pub scopes: Vec<Scope>,
+    pub expires_at: DateTime<Utc>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
 }
 
 /// A token as callers hand it in and get it back, decrypted.

@@ -2,8 +2,8 @@
 //! instances in one process (as in the tests) count apart.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -20,6 +20,10 @@ pub struct Metrics {
     pub provider_latency: HistogramVec,
     pub lock_wait: HistogramVec,
     pub revocations: IntCounterVec,
+    pub superseded_revocations: IntCounterVec,
+    pub grants: IntGaugeVec,
+    pub keeper_lag: Gauge,
+    pub webhook_deliveries: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub lookup_batch_size: Histogram,
     pub http_connections: IntGauge,
@@ -89,8 +93,8 @@ impl Metrics {
             },
             refreshes: counter_vec(
                 "refreshes_total",
-                "Token refreshes by provider and outcome",
-                &["provider", "outcome"],
+                "Token refreshes by provider, outcome and trigger (on_demand, ahead, keep_alive)",
+                &["provider", "outcome", "trigger"],
             ),
             refresh_joins: counter(
                 "refresh_single_flight_joins_total",
@@ -110,6 +114,41 @@ impl Metrics {
                 "revocations_total",
                 "Revocations at the provider by provider and outcome",
                 &["provider", "outcome"],
+            ),
+            superseded_revocations: counter_vec(
+                "superseded_revocations_total",
+                "Refresh tokens of replaced grants revoked at the provider, by provider and outcome",
+                &["provider", "outcome"],
+            ),
+            grants: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "grants",
+                        "Stored grants by state (active, degraded, reauthorization_required) and provider, as the keeper last counted them",
+                    ),
+                    &["state", "provider"],
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            keeper_lag: {
+                let g = Gauge::new(
+                    "keeper_lag_seconds",
+                    "How overdue the most overdue grant was at the keeper's last look (0: none due)",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            webhook_deliveries: counter_vec(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts by endpoint and outcome (delivered, retry, failed)",
+                &["endpoint", "outcome"],
             ),
             auth_failures: counter_vec(
                 "auth_failures_total",

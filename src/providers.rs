@@ -87,6 +87,8 @@ pub trait Provider: Send + Sync {
 #[derive(Clone, Default)]
 pub struct Providers {
     by_name: HashMap<String, Arc<dyn Provider>>,
+    /// The providers whose replaced refresh tokens are revoked (`revoke_superseded`).
+    revoke_superseded: std::collections::HashSet<String>,
 }
 
 impl Providers {
@@ -103,13 +105,26 @@ impl Providers {
             .user_agent(concat!("token-store/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let mut by_name: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let revoke_superseded = settings
+            .iter()
+            .filter(|(_, s)| s.revoke_superseded)
+            .map(|(name, _)| name.clone())
+            .collect();
         for (name, s) in settings {
             let name =
                 ProviderName::parse(name).map_err(|e| anyhow::anyhow!("provider {name:?}: {e}"))?;
             let provider = OAuth2Provider::new(name.clone(), s, http.clone(), metrics.clone())?;
             by_name.insert(name.as_str().to_owned(), Arc::new(provider));
         }
-        Ok(Self { by_name })
+        Ok(Self {
+            by_name,
+            revoke_superseded,
+        })
+    }
+
+    /// Whether a replaced grant's refresh token is revoked at this provider.
+    pub fn revokes_superseded(&self, name: &ProviderName) -> bool {
+        self.revoke_superseded.contains(name.as_str())
     }
 
     pub fn get(&self, name: &ProviderName) -> Option<Arc<dyn Provider>> {

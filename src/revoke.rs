@@ -3,7 +3,7 @@
 use tracing::instrument;
 
 use crate::crypto::CryptoError;
-use crate::domain::{GrantKey, UserId};
+use crate::domain::{GrantKey, RefreshToken, UserId};
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::vault::{Reveal, Vault, VaultError};
@@ -43,8 +43,10 @@ pub async fn revoke_and_delete(
     metrics: &Metrics,
     grant: &GrantKey,
 ) -> Result<bool, VaultError> {
-    revoke_at_provider(vault, providers, metrics, grant).await?;
-    vault.delete(grant).await
+    let outcome = revoke_at_provider(vault, providers, metrics, grant).await?;
+    vault
+        .delete(grant, outcome == Some(RevocationOutcome::Revoked))
+        .await
 }
 
 /// Account erasure: revokes every grant of the user, then deletes them all.
@@ -55,31 +57,62 @@ pub async fn revoke_and_delete_user(
     metrics: &Metrics,
     user: &UserId,
 ) -> Result<u64, VaultError> {
+    let mut confirmed = Vec::new();
     for grant in vault.grants_of(user).await? {
-        revoke_at_provider(vault, providers, metrics, &grant).await?;
+        if revoke_at_provider(vault, providers, metrics, &grant).await?
+            == Some(RevocationOutcome::Revoked)
+        {
+            confirmed.push(grant.provider);
+        }
     }
-    vault.delete_user(user).await
+    vault.delete_user(user, &confirmed).await
 }
 
+/// Revokes at the provider the refresh token of a grant that a new consent replaced (best
+/// effort, counted as `token_store_superseded_revocations_total{provider, outcome}`).
+pub async fn revoke_superseded(
+    providers: &Providers,
+    metrics: &Metrics,
+    grant: &GrantKey,
+    refresh_token: &RefreshToken,
+) {
+    let Some(client) = providers.get(&grant.provider) else {
+        return;
+    };
+    let outcome = match client.revoke(refresh_token.expose(), "refresh_token").await {
+        Ok(true) => RevocationOutcome::Revoked,
+        Ok(false) => RevocationOutcome::Unsupported,
+        Err(err) => {
+            tracing::warn!(user_id = %grant.user, provider = %grant.provider, error = %err, "revoking a replaced refresh token failed");
+            RevocationOutcome::Failed
+        }
+    };
+    metrics
+        .superseded_revocations
+        .with_label_values(&[providers.label(&grant.provider), outcome.as_str()])
+        .inc();
+}
+
+/// How the revocation at the provider ended; `None` if there was no grant.
 async fn revoke_at_provider(
     vault: &Vault,
     providers: &Providers,
     metrics: &Metrics,
     grant: &GrantKey,
-) -> Result<(), VaultError> {
+) -> Result<Option<RevocationOutcome>, VaultError> {
     let count = |outcome: RevocationOutcome| {
         metrics
             .revocations
             .with_label_values(&[providers.label(&grant.provider), outcome.as_str()])
             .inc();
+        Ok(Some(outcome))
     };
     let Some(sealed) = vault.read(grant).await? else {
-        return Ok(());
+        return Ok(None);
     };
     let Some(client) = providers.get(&grant.provider) else {
         tracing::warn!("no OAuth client configured for this provider; deleting without revoking");
-        count(RevocationOutcome::NotConfigured);
-        return Ok(());
+        return count(RevocationOutcome::NotConfigured);
     };
     let token = match vault.open(&sealed, Reveal::AccessAndRefreshToken).await {
         Ok(token) => token,
@@ -89,8 +122,7 @@ async fn revoke_at_provider(
                 error = format!("{err:#}"),
                 "KMS unavailable; deleting without revoking"
             );
-            count(RevocationOutcome::Failed);
-            return Ok(());
+            return count(RevocationOutcome::Failed);
         }
         Err(err) => return Err(err),
     };
@@ -104,8 +136,7 @@ async fn revoke_at_provider(
         Ok(false) => count(RevocationOutcome::Unsupported),
         Err(err) => {
             tracing::warn!(error = %err, "revocation at the provider failed; deleting anyway");
-            count(RevocationOutcome::Failed);
+            count(RevocationOutcome::Failed)
         }
     }
-    Ok(())
 }

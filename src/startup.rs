@@ -25,7 +25,9 @@ use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::refresh::Refresher;
 use crate::store;
-use crate::vault::{Storage, Vault};
+use crate::keeper::Keeper;
+use crate::vault::{Lifecycle, Schedule, Storage, Vault};
+use crate::webhooks::Deliverer;
 
 pub struct Application {
     listener: TcpListener,
@@ -34,6 +36,8 @@ pub struct Application {
     state: AppState,
     limits: ServerLimits,
     metrics_listener: Option<TcpListener>,
+    keeper: Option<Keeper>,
+    deliverer: Option<Deliverer>,
 }
 
 impl Application {
@@ -96,13 +100,31 @@ impl Application {
             locks: lock_pool,
             lookups,
         };
-        let vault = Vault::new(storage, envelope, config.refresh.data_key_max_age);
+        config.webhooks.check()?;
+        let vault = Vault::new(
+            storage,
+            envelope,
+            config.refresh.data_key_max_age,
+            lifecycle(&config),
+        );
         let refresher = Refresher::new(
             vault.clone(),
             providers.clone(),
             refresh_settings,
             metrics.clone(),
         );
+        let keeper = config.keeper.enabled.then(|| {
+            let mut names: Vec<String> = config.providers.keys().cloned().collect();
+            names.sort();
+            Keeper::new(
+                vault.clone(),
+                refresher.clone(),
+                metrics.clone(),
+                config.keeper.clone(),
+                names,
+            )
+        });
+        let deliverer = Deliverer::new(vault.clone(), metrics.clone(), config.webhooks.clone())?;
         let state = AppState::new(Services {
             vault,
             refresher,
@@ -133,6 +155,8 @@ impl Application {
             state,
             limits,
             metrics_listener,
+            keeper,
+            deliverer,
         })
     }
 
@@ -165,6 +189,10 @@ impl Application {
         tracing::info!(address = %self.local_addr, "listening");
         let shutdown = shutdown.boxed().shared();
         let connections = self.state.metrics.http_connections.clone();
+        let keeper = self.keeper.map(|keeper| tokio::spawn(keeper.run(shutdown.clone())));
+        let deliverer = self
+            .deliverer
+            .map(|deliverer| tokio::spawn(deliverer.run(shutdown.clone())));
         let metrics = self.metrics_listener.map(|listener| {
             tracing::info!(address = ?listener.local_addr().ok(), "serving metrics");
             tokio::spawn(http::serve(
@@ -183,8 +211,8 @@ impl Application {
             shutdown,
         )
         .await;
-        if let Some(metrics) = metrics {
-            let _ = metrics.await;
+        for task in [metrics, keeper, deliverer].into_iter().flatten() {
+            let _ = task.await;
         }
         self.state.vault.close().await;
         tracing::info!("stopped");
@@ -255,7 +283,26 @@ pub async fn job_vault(config: &Config, key_id: String) -> anyhow::Result<Vault>
         storage,
         envelope,
         config.refresh.data_key_max_age,
+        lifecycle(config),
     ))
+}
+
+/// What every write of a grant also records: the keeper's schedule (if a keeper runs) and
+/// the webhook endpoints that get its events.
+fn lifecycle(config: &Config) -> Lifecycle {
+    let schedule = config.keeper.enabled.then(|| Schedule {
+        refresh_ahead: config.keeper.refresh_ahead,
+        jitter: config.keeper.jitter,
+        keep_alive_after: config
+            .providers
+            .iter()
+            .map(|(name, provider)| (name.clone(), provider.keep_alive_after))
+            .collect(),
+    });
+    Lifecycle {
+        schedule,
+        endpoints: config.webhooks.endpoint_names().into(),
+    }
 }
 
 /// The envelope over `[kms]`, sealing new rows under `key_id`.

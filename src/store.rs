@@ -29,6 +29,7 @@ pub struct TokenRow {
     pub refresh_failure_count: i32,
     pub last_refresh_error: Option<String>,
     pub refresh_retry_after: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
 }
 
 /// A row with its grant, as a lookup of several grants returns it.
@@ -49,13 +50,16 @@ pub struct SealedRow {
     pub refresh_token_ct: Option<Vec<u8>>,
     pub expires_at: DateTime<Utc>,
     pub scopes: Vec<String>,
+    /// When the keeper refreshes it (`None`: never).
+    pub next_refresh_at: Option<DateTime<Utc>>,
 }
 
 /// The columns of a [`TokenRow`], in its order: what a lookup selects (the bench's pgbench
 /// script runs the same statement).
 pub const COLUMNS: &str = r#"kms_key_id, wrapped_data_key, data_key_created_at,
     access_token_ct, refresh_token_ct, expires_at, scopes, status, version,
-    last_refresh_at, refresh_failure_count, last_refresh_error, refresh_retry_after"#;
+    last_refresh_at, refresh_failure_count, last_refresh_error, refresh_retry_after,
+    next_refresh_at"#;
 
 /// The `user_id` and `provider` columns are a [`GrantKey`]; a value that does not parse is
 /// a malformed row (an error), never a guess.
@@ -144,8 +148,8 @@ pub async fn upsert(
         r#"
         insert into integration_tokens (
             user_id, provider, kms_key_id, wrapped_data_key, data_key_created_at,
-            access_token_ct, refresh_token_ct, expires_at, scopes)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            access_token_ct, refresh_token_ct, expires_at, scopes, next_refresh_at)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         on conflict (user_id, provider) do update set
             kms_key_id = excluded.kms_key_id,
             wrapped_data_key = excluded.wrapped_data_key,
@@ -159,6 +163,8 @@ pub async fn upsert(
             refresh_failure_count = 0,
             last_refresh_error = null,
             refresh_retry_after = null,
+            next_refresh_at = excluded.next_refresh_at,
+            keeper_claimed_until = null,
             updated_at = now()
         returning version
         "#,
@@ -172,6 +178,7 @@ pub async fn upsert(
     .bind(row.refresh_token_ct.as_deref())
     .bind(row.expires_at)
     .bind(&row.scopes)
+    .bind(row.next_refresh_at)
     .fetch_one(db)
     .await
 }
@@ -196,13 +203,12 @@ pub async fn providers_of(db: impl PgExecutor<'_>, user: &UserId) -> sqlx::Resul
     .await
 }
 
-/// Deletes every grant of a user (account erasure); the number deleted.
-pub async fn delete_user(db: impl PgExecutor<'_>, user: &UserId) -> sqlx::Result<u64> {
-    let done = sqlx::query("delete from integration_tokens where user_id = $1")
+/// Deletes every grant of a user (account erasure); the providers of the grants deleted.
+pub async fn delete_user(db: impl PgExecutor<'_>, user: &UserId) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("delete from integration_tokens where user_id = $1 returning provider")
         .bind(user.as_str())
-        .execute(db)
-        .await?;
-    Ok(done.rows_affected())
+        .fetch_all(db)
+        .await
 }
 
 /// The grants table answers a read (not only the server: a table locked by another
@@ -303,6 +309,8 @@ pub async fn write_refreshed(
             refresh_failure_count = 0,
             last_refresh_error = null,
             refresh_retry_after = null,
+            next_refresh_at = $11,
+            keeper_claimed_until = null,
             updated_at = now()
         where user_id = $1 and provider = $2 and version = $3
         "#,
@@ -317,6 +325,7 @@ pub async fn write_refreshed(
     .bind(row.refresh_token_ct.as_deref())
     .bind(row.expires_at)
     .bind(&row.scopes)
+    .bind(row.next_refresh_at)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
@@ -337,6 +346,8 @@ pub async fn mark_reauthorization_required(
             version = version + 1,
             refresh_failure_count = refresh_failure_count + 1,
             last_refresh_error = $4,
+            next_refresh_at = null,
+            keeper_claimed_until = null,
             updated_at = now()
         where user_id = $1 and provider = $2 and refresh_token_ct = $3
         "#,
@@ -365,6 +376,8 @@ pub async fn record_transient_failure(
             refresh_failure_count = refresh_failure_count + 1,
             last_refresh_error = $4,
             refresh_retry_after = $5,
+            next_refresh_at = $5,
+            keeper_claimed_until = null,
             updated_at = now()
         where user_id = $1 and provider = $2 and version = $3
         "#,
@@ -447,4 +460,319 @@ pub async fn replace_wrapped_key(
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The row of a grant, locked until the transaction ends: what a store replaces.
+pub async fn find_for_update(
+    db: impl PgExecutor<'_>,
+    grant: &GrantKey,
+) -> sqlx::Result<Option<TokenRow>> {
+    static FIND_FOR_UPDATE: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select {COLUMNS} from integration_tokens \
+             where user_id = $1 and provider = $2 for update"
+        )
+    });
+    sqlx::query_as(FIND_FOR_UPDATE.as_str())
+        .bind(grant.user.as_str())
+        .bind(grant.provider.as_str())
+        .fetch_optional(db)
+        .await
+}
+
+/// An event of the outbox, as it is written.
+pub struct NewEvent<'a> {
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    pub payload: &'a serde_json::Value,
+}
+
+/// Writes an event of `grant` and one pending delivery per endpoint, in the caller's
+/// transaction: the event exists if and only if the change it reports commits.
+pub async fn insert_event(
+    db: impl PgExecutor<'_>,
+    grant: &GrantKey,
+    event: &NewEvent<'_>,
+    endpoints: &[String],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"
+        with event as (
+            insert into grant_events (event_id, user_id, provider, type, payload)
+            values ($1, $2, $3, $4, $5)
+            returning id)
+        insert into webhook_deliveries (event_id, endpoint)
+        select event.id, endpoint from event, unnest($6::text[]) as endpoint
+        "#,
+    )
+    .bind(event.event_id)
+    .bind(grant.user.as_str())
+    .bind(grant.provider.as_str())
+    .bind(event.kind)
+    .bind(sqlx::types::Json(event.payload))
+    .bind(endpoints)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` due grants of `providers` for `lease` (grants another replica
+/// claims at the same moment are skipped, not waited for), most overdue first.
+pub async fn claim_due_grants(
+    db: impl PgExecutor<'_>,
+    providers: &[String],
+    lease: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<DueGrant>> {
+    sqlx::query_as(
+        r#"
+        update integration_tokens set keeper_claimed_until = now() + $2
+        where id in (
+            select id from integration_tokens
+            where next_refresh_at <= now()
+              and status = 'active'
+              and provider = any($1)
+              and (keeper_claimed_until is null or keeper_claimed_until < now())
+            order by next_refresh_at
+            limit $3
+            for update skip locked)
+        returning user_id, provider, next_refresh_at, expires_at
+        "#,
+    )
+    .bind(providers)
+    .bind(lease)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A grant the keeper claimed.
+#[derive(Debug, Clone, FromRow)]
+pub struct DueGrant {
+    #[sqlx(flatten)]
+    pub grant: GrantKey,
+    pub next_refresh_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Grants by health (`active`, `degraded`, `reauthorization_required`) and provider.
+pub async fn count_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, String, i64)>> {
+    sqlx::query_as(
+        r#"
+        select case
+                 when status <> 'active' then status
+                 when refresh_failure_count > 0 then 'degraded'
+                 else 'active'
+               end as state,
+               provider, count(*)
+        from integration_tokens group by 1, 2
+        "#,
+    )
+    .fetch_all(db)
+    .await
+}
+
+/// A page of grants (no ciphertexts), by `(user_id, provider)` after `after`, filtered by
+/// health state and provider.
+pub async fn list_grants(
+    db: impl PgExecutor<'_>,
+    state: Option<&str>,
+    provider: Option<&str>,
+    after: Option<&GrantKey>,
+    limit: i64,
+) -> sqlx::Result<Vec<GrantSummaryRow>> {
+    sqlx::query_as(
+        r#"
+        select user_id, provider, status, expires_at, scopes, last_refresh_at,
+               refresh_failure_count, last_refresh_error, refresh_retry_after,
+               next_refresh_at, refresh_token_ct is not null as has_refresh_token
+        from integration_tokens
+        where ($1::text is null or $1 = case
+                 when status <> 'active' then status
+                 when refresh_failure_count > 0 then 'degraded'
+                 else 'active' end)
+          and ($2::text is null or provider = $2)
+          and ($3::text is null or (user_id, provider) > ($3, $4))
+        order by user_id, provider
+        limit $5
+        "#,
+    )
+    .bind(state)
+    .bind(provider)
+    .bind(after.map(|g| g.user.as_str()))
+    .bind(after.map(|g| g.provider.as_str()))
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Every grant of a user (no ciphertexts).
+pub async fn grants_of_user(
+    db: impl PgExecutor<'_>,
+    user: &UserId,
+) -> sqlx::Result<Vec<GrantSummaryRow>> {
+    sqlx::query_as(
+        r#"
+        select user_id, provider, status, expires_at, scopes, last_refresh_at,
+               refresh_failure_count, last_refresh_error, refresh_retry_after,
+               next_refresh_at, refresh_token_ct is not null as has_refresh_token
+        from integration_tokens where user_id = $1 order by provider
+        "#,
+    )
+    .bind(user.as_str())
+    .fetch_all(db)
+    .await
+}
+
+/// A grant's state, without its sealed tokens.
+#[derive(Debug, Clone, FromRow)]
+pub struct GrantSummaryRow {
+    #[sqlx(flatten)]
+    pub grant: GrantKey,
+    pub status: TokenStatus,
+    pub expires_at: DateTime<Utc>,
+    pub scopes: Vec<String>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub refresh_failure_count: i32,
+    pub last_refresh_error: Option<String>,
+    pub refresh_retry_after: Option<DateTime<Utc>>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub has_refresh_token: bool,
+}
+
+/// A delivery claimed for sending, with its event.
+#[derive(Debug, Clone, FromRow)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    pub endpoint: String,
+    pub attempts: i32,
+    pub event_id: String,
+    pub payload: sqlx::types::Json<serde_json::Value>,
+}
+
+/// Claims up to `limit` due deliveries to `endpoints` for `lease`, oldest first, each
+/// only while no earlier event of the same grant waits for the same endpoint (order per
+/// grant). Counts the attempt.
+pub async fn claim_deliveries(
+    db: impl PgExecutor<'_>,
+    endpoints: &[String],
+    lease: std::time::Duration,
+    limit: i64,
+) -> sqlx::Result<Vec<ClaimedDelivery>> {
+    sqlx::query_as(
+        r#"
+        with due as (
+            select d.event_id, d.endpoint
+            from webhook_deliveries d join grant_events e on e.id = d.event_id
+            where d.state = 'pending'
+              and d.next_attempt_at <= now()
+              and (d.claimed_until is null or d.claimed_until < now())
+              and d.endpoint = any($1)
+              and not exists (
+                  select 1 from webhook_deliveries d2 join grant_events e2 on e2.id = d2.event_id
+                  where e2.user_id = e.user_id and e2.provider = e.provider
+                    and d2.endpoint = d.endpoint and d2.state = 'pending' and e2.id < e.id)
+            order by d.event_id
+            limit $3
+            for update of d skip locked),
+        claimed as (
+            update webhook_deliveries w
+               set claimed_until = now() + $2, attempts = w.attempts + 1
+              from due
+             where w.event_id = due.event_id and w.endpoint = due.endpoint
+            returning w.event_id, w.endpoint, w.attempts)
+        select claimed.event_id as id, claimed.endpoint, claimed.attempts,
+               e.event_id, e.payload
+        from claimed join grant_events e on e.id = claimed.event_id
+        order by claimed.event_id
+        "#,
+    )
+    .bind(endpoints)
+    .bind(lease)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Records a delivery that the endpoint accepted.
+pub async fn mark_delivered(db: impl PgExecutor<'_>, id: i64, endpoint: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "update webhook_deliveries set state = 'delivered', delivered_at = now(), \
+         claimed_until = null, last_error = null where event_id = $1 and endpoint = $2",
+    )
+    .bind(id)
+    .bind(endpoint)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed attempt: tried again at `retry_at`, or failed for good if `None`.
+pub async fn mark_attempt_failed(
+    db: impl PgExecutor<'_>,
+    id: i64,
+    endpoint: &str,
+    error: &str,
+    retry_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"
+        update webhook_deliveries set
+            state = case when $4::timestamptz is null then 'failed' else 'pending' end,
+            next_attempt_at = coalesce($4, next_attempt_at),
+            claimed_until = null,
+            last_error = $3
+        where event_id = $1 and endpoint = $2
+        "#,
+    )
+    .bind(id)
+    .bind(endpoint)
+    .bind(error)
+    .bind(retry_at)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A delivery with its event, as operators list them.
+#[derive(Debug, Clone, FromRow)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub event_id: String,
+    #[sqlx(flatten)]
+    pub grant: GrantKey,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub created_at: DateTime<Utc>,
+    pub endpoint: String,
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// Deliveries after `(after_id, after_endpoint)`, filtered by state, oldest event first.
+pub async fn list_deliveries(
+    db: impl PgExecutor<'_>,
+    state: Option<&str>,
+    after: Option<(i64, &str)>,
+    limit: i64,
+) -> sqlx::Result<Vec<DeliveryRow>> {
+    sqlx::query_as(
+        r#"
+        select e.id, e.event_id, e.user_id, e.provider, e.type, e.created_at,
+               d.endpoint, d.state, d.attempts, d.last_error, d.delivered_at
+        from webhook_deliveries d join grant_events e on e.id = d.event_id
+        where ($1::text is null or d.state = $1)
+          and ($2::bigint is null or (d.event_id, d.endpoint) > ($2, $3))
+        order by d.event_id, d.endpoint
+        limit $4
+        "#,
+    )
+    .bind(state)
+    .bind(after.map(|(id, _)| id))
+    .bind(after.map(|(_, endpoint)| endpoint))
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }

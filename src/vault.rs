@@ -6,19 +6,26 @@
 //! A refresh works on a [`LockedGrant`]: the grant's advisory lock, held by a transaction
 //! on the lock pool, with the reads and the fenced writes a refresh makes under it.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use rand::Rng;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tracing::instrument;
 
 use crate::crypto::{CryptoError, Envelope, Field, RowKey, WrappedKey};
 use crate::domain::{
-    AccessGrant, AccessToken, GrantKey, GrantState, ProviderName, RefreshToken, Scope, StoredToken,
-    TokenSet, UserId,
+    AccessGrant, AccessToken, GrantHealth, GrantKey, GrantState, GrantSummary, ProviderName,
+    RefreshToken, Scope, StoredToken, TokenSet, TokenStatus, UserId,
 };
+use crate::events::{new_event_id, GrantEvent};
 use crate::lookups::{LookupError, Lookups};
-use crate::store::{self, SealedRow, TokenRow, WrappedKeyRow};
+use crate::store::{
+    self, ClaimedDelivery, DeliveryRow, DueGrant, GrantSummaryRow, NewEvent, SealedRow, TokenRow,
+    WrappedKeyRow,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -69,6 +76,56 @@ pub struct Vault {
     envelope: Envelope,
     /// A refresh re-seals under the row's data key while the key is younger than this.
     data_key_max_age: Duration,
+    lifecycle: Lifecycle,
+}
+
+/// What every write of a grant also records: when the keeper refreshes it next, and the
+/// webhook endpoints each event of the grant is delivered to.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    /// `None`: no keeper runs, and no grant is scheduled.
+    pub schedule: Option<Schedule>,
+    pub endpoints: Arc<[String]>,
+}
+
+/// When the keeper refreshes a grant.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub refresh_ahead: Duration,
+    pub jitter: Duration,
+    /// Per provider: refresh a grant whose refresh token has been idle this long.
+    pub keep_alive_after: HashMap<String, Duration>,
+}
+
+impl Schedule {
+    /// The next refresh of a grant written `now`: `refresh_ahead` (plus a random part of
+    /// `jitter`) before its access token expires, or once its refresh token has been idle
+    /// for the provider's `keep_alive_after`, whichever comes first. `None` for a grant
+    /// without a refresh token or of a provider without an OAuth client.
+    pub fn next_refresh(
+        &self,
+        grant: &GrantKey,
+        token: &TokenSet,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        token.refresh_token.as_ref()?;
+        let keep_alive = *self.keep_alive_after.get(grant.provider.as_str())?;
+        let jitter = if self.jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            rand::thread_rng().gen_range(Duration::ZERO..self.jitter)
+        };
+        let ahead = self.refresh_ahead + jitter;
+        let before_expiry = chrono::TimeDelta::from_std(ahead)
+            .ok()
+            .and_then(|d| token.expires_at.checked_sub_signed(d))
+            .unwrap_or(now);
+        let idle_limit = chrono::TimeDelta::from_std(keep_alive)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        Some(before_expiry.min(idle_limit))
+    }
 }
 
 /// A stored grant as read: its state in the clear, its tokens still sealed.
@@ -94,6 +151,7 @@ impl SealedGrant {
             has_refresh_token: row.refresh_token_ct.is_some(),
             refresh_failures: u32::try_from(row.refresh_failure_count.max(0)).unwrap_or(0),
             retry_after: row.refresh_retry_after,
+            next_refresh_at: row.next_refresh_at,
         };
         Ok(Self { key, state, row })
     }
@@ -104,22 +162,100 @@ impl SealedGrant {
 }
 
 impl Vault {
-    pub fn new(storage: Storage, envelope: Envelope, data_key_max_age: Duration) -> Self {
+    pub fn new(
+        storage: Storage,
+        envelope: Envelope,
+        data_key_max_age: Duration,
+        lifecycle: Lifecycle,
+    ) -> Self {
         Self {
             storage,
             envelope,
             data_key_max_age,
+            lifecycle,
         }
     }
 
-    /// Stores or replaces the grant under a new data key. KMS first: if KMS fails, nothing
-    /// is written.
+    /// Stores or replaces the grant under a new data key, with its `grant.connected` event
+    /// (and `grant.recovered` if it replaced a degraded or dead grant). KMS first: if KMS
+    /// fails, nothing is written. With `superseded`, returns the refresh token of the grant
+    /// it replaced if that differs from the new one (opened after the commit; `None` if it
+    /// cannot be opened).
     #[instrument(skip_all, fields(user_id = %grant.user, provider = %grant.provider))]
-    pub async fn store(&self, grant: &GrantKey, token: &TokenSet) -> Result<(), VaultError> {
+    pub async fn store(
+        &self,
+        grant: &GrantKey,
+        token: &TokenSet,
+        superseded: bool,
+    ) -> Result<Option<RefreshToken>, VaultError> {
         let (wrapped, key) = self.envelope.new_row_key(grant).await?;
-        let row = seal(&wrapped, Utc::now(), &key, token);
-        store::upsert(&self.storage.db, grant, &row).await?;
-        Ok(())
+        let now = Utc::now();
+        let row = self.seal(grant, &wrapped, now, &key, token, now);
+        let mut tx = self.storage.db.begin().await?;
+        let old = store::find_for_update(&mut *tx, grant).await?;
+        store::upsert(&mut *tx, grant, &row).await?;
+        self.record(&mut tx, grant, &GrantEvent::Connected).await?;
+        let was_unwell = old.as_ref().is_some_and(|old| {
+            old.status != TokenStatus::Active || old.refresh_failure_count > 0
+        });
+        if was_unwell {
+            self.record(&mut tx, grant, &GrantEvent::Recovered).await?;
+        }
+        tx.commit().await?;
+
+        let Some(old) = old.filter(|old| superseded && old.refresh_token_ct.is_some()) else {
+            return Ok(None);
+        };
+        let old = SealedGrant::new(grant.clone(), old)?;
+        match self.open(&old, Reveal::AccessAndRefreshToken).await {
+            Ok(opened) => Ok(opened
+                .refresh_token
+                .filter(|old| Some(old.expose()) != token.refresh_token.as_ref().map(|t| t.expose()))),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not open the replaced grant's refresh token; it is not revoked");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `event` of `grant` to the outbox, in the transaction of the change.
+    async fn record(
+        &self,
+        tx: &mut PgConnection,
+        grant: &GrantKey,
+        event: &GrantEvent,
+    ) -> Result<(), sqlx::Error> {
+        record(tx, grant, event, &self.lifecycle.endpoints).await
+    }
+
+    /// A grant sealed under a row's data key, scheduled for the keeper: the one way a grant
+    /// becomes a row.
+    fn seal(
+        &self,
+        grant: &GrantKey,
+        wrapped: &WrappedKey,
+        key_created_at: DateTime<Utc>,
+        key: &RowKey,
+        token: &TokenSet,
+        now: DateTime<Utc>,
+    ) -> SealedRow {
+        SealedRow {
+            kms_key_id: wrapped.key_id.clone(),
+            wrapped_data_key: wrapped.blob.clone(),
+            data_key_created_at: key_created_at,
+            access_token_ct: key.seal(Field::AccessToken, token.access_token.expose().as_bytes()),
+            refresh_token_ct: token
+                .refresh_token
+                .as_ref()
+                .map(|t| key.seal(Field::RefreshToken, t.expose().as_bytes())),
+            expires_at: token.expires_at,
+            scopes: token.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            next_refresh_at: self
+                .lifecycle
+                .schedule
+                .as_ref()
+                .and_then(|schedule| schedule.next_refresh(grant, token, now)),
+        }
     }
 
     /// The stored grant, decrypted. No span of its own (the hot path): its audit event
@@ -179,9 +315,22 @@ impl Vault {
         Ok(self.envelope.row_key(&wrapped, &sealed.key).await?)
     }
 
+    /// Deletes the grant, with its `grant.revoked` event (`provider_confirmed`: the
+    /// provider confirmed the revocation). `true` if there was one.
     #[instrument(skip_all, fields(user_id = %grant.user, provider = %grant.provider))]
-    pub async fn delete(&self, grant: &GrantKey) -> Result<bool, VaultError> {
-        Ok(store::delete(&self.storage.db, grant).await?)
+    pub async fn delete(
+        &self,
+        grant: &GrantKey,
+        provider_confirmed: bool,
+    ) -> Result<bool, VaultError> {
+        let mut tx = self.storage.db.begin().await?;
+        let deleted = store::delete(&mut *tx, grant).await?;
+        if deleted {
+            let event = GrantEvent::Revoked { provider_confirmed };
+            self.record(&mut tx, grant, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted)
     }
 
     /// The grants a user has. A stored provider name that no longer parses is logged and
@@ -200,9 +349,112 @@ impl Vault {
             .collect())
     }
 
+    /// Deletes every grant of the user, each with its `grant.revoked` event (`confirmed`:
+    /// the providers that confirmed the revocation). The number deleted.
     #[instrument(skip_all, fields(user_id = %user))]
-    pub async fn delete_user(&self, user: &UserId) -> Result<u64, VaultError> {
-        Ok(store::delete_user(&self.storage.db, user).await?)
+    pub async fn delete_user(
+        &self,
+        user: &UserId,
+        confirmed: &[ProviderName],
+    ) -> Result<u64, VaultError> {
+        let mut tx = self.storage.db.begin().await?;
+        let deleted = store::delete_user(&mut *tx, user).await?;
+        for name in &deleted {
+            // A stored name that no longer parses has no event: nobody could name it.
+            let Ok(provider) = ProviderName::parse(name) else {
+                continue;
+            };
+            let event = GrantEvent::Revoked {
+                provider_confirmed: confirmed.contains(&provider),
+            };
+            let grant = GrantKey::new(user.clone(), provider);
+            self.record(&mut tx, &grant, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(deleted.len() as u64)
+    }
+
+    /// Every grant of the user with its health (no tokens).
+    pub async fn summaries_of(&self, user: &UserId) -> Result<Vec<GrantSummary>, VaultError> {
+        let rows = store::grants_of_user(&self.storage.db, user).await?;
+        rows.into_iter().map(summary).collect()
+    }
+
+    /// A page of every grant by `(user, provider)` after `after`, filtered by health state
+    /// (`active`, `degraded`, `reauthorization_required`) and provider.
+    pub async fn list_grants(
+        &self,
+        state: Option<&str>,
+        provider: Option<&ProviderName>,
+        after: Option<&GrantKey>,
+        limit: u32,
+    ) -> Result<Vec<GrantSummary>, VaultError> {
+        let rows = store::list_grants(
+            &self.storage.db,
+            state,
+            provider.map(ProviderName::as_str),
+            after,
+            i64::from(limit),
+        )
+        .await?;
+        rows.into_iter().map(summary).collect()
+    }
+
+    /// Claims up to `limit` due grants of `providers` for `lease` (see
+    /// [`store::claim_due_grants`]).
+    pub async fn claim_due(
+        &self,
+        providers: &[String],
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<DueGrant>, VaultError> {
+        Ok(store::claim_due_grants(&self.storage.db, providers, lease, i64::from(limit)).await?)
+    }
+
+    /// Grants by health state and provider.
+    pub async fn count_by_state(&self) -> Result<Vec<(String, String, i64)>, VaultError> {
+        Ok(store::count_by_state(&self.storage.db).await?)
+    }
+
+    /// Claims due webhook deliveries (see [`store::claim_deliveries`]).
+    pub async fn claim_deliveries(
+        &self,
+        endpoints: &[String],
+        lease: Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedDelivery>, VaultError> {
+        Ok(store::claim_deliveries(&self.storage.db, endpoints, lease, i64::from(limit)).await?)
+    }
+
+    pub async fn mark_delivered(&self, delivery: &ClaimedDelivery) -> Result<(), VaultError> {
+        Ok(store::mark_delivered(&self.storage.db, delivery.id, &delivery.endpoint).await?)
+    }
+
+    /// A failed attempt: tried again at `retry_at`, or failed for good if `None`.
+    pub async fn mark_attempt_failed(
+        &self,
+        delivery: &ClaimedDelivery,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), VaultError> {
+        Ok(store::mark_attempt_failed(
+            &self.storage.db,
+            delivery.id,
+            &delivery.endpoint,
+            error,
+            retry_at,
+        )
+        .await?)
+    }
+
+    /// Webhook deliveries after `after` (event id, endpoint), filtered by state.
+    pub async fn list_deliveries(
+        &self,
+        state: Option<&str>,
+        after: Option<(i64, &str)>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRow>, VaultError> {
+        Ok(store::list_deliveries(&self.storage.db, state, after, i64::from(limit)).await?)
     }
 
     /// The grant's advisory lock, or `None` if neither a lock-pool connection nor the lock
@@ -330,15 +582,23 @@ impl LockedGrant {
     ) -> Result<bool, VaultError> {
         let row = self.reseal(sealed, token).await?;
         let version = sealed.row.version;
+        // A degraded grant that refreshed again has recovered.
+        let recovered = sealed.state.refresh_failures > 0;
+        let endpoints = self.vault.lifecycle.endpoints.clone();
         let first = async {
-            let written = store::write_refreshed(&mut *self.tx, &self.key, version, &row).await?;
+            let written =
+                write_refreshed(&mut self.tx, &self.key, version, &row, recovered, &endpoints)
+                    .await?;
             self.tx.commit().await?;
             Ok::<_, sqlx::Error>(written)
         }
         .await;
         match first {
             Ok(written) => Ok(written),
-            Err(err) => retry_write(&self.vault.storage.db, &self.key, version, &row, err).await,
+            Err(err) => {
+                retry_write(&self.vault.storage.db, &self.key, version, &row, recovered, &endpoints, err)
+                    .await
+            }
         }
     }
 
@@ -354,6 +614,12 @@ impl LockedGrant {
         };
         let marked =
             store::mark_reauthorization_required(&mut *self.tx, &self.key, failed, error).await?;
+        if marked {
+            let event = GrantEvent::ReauthorizationRequired {
+                reason: error.to_owned(),
+            };
+            self.vault.record(&mut self.tx, &self.key, &event).await?;
+        }
         self.tx.commit().await?;
         Ok(marked)
     }
@@ -374,6 +640,15 @@ impl LockedGrant {
             retry_after,
         )
         .await?;
+        // The first failure after a refresh that worked is the change to `degraded`.
+        if recorded && sealed.state.refresh_failures == 0 {
+            let event = GrantEvent::Degraded {
+                consecutive_failures: 1,
+                last_error: error.to_owned(),
+                next_retry_at: retry_after,
+            };
+            self.vault.record(&mut self.tx, &self.key, &event).await?;
+        }
         self.tx.commit().await?;
         Ok(recorded)
     }
@@ -393,7 +668,9 @@ impl LockedGrant {
             .unwrap_or_default();
         if key_age >= self.vault.data_key_max_age {
             match self.vault.envelope.new_row_key(&self.key).await {
-                Ok((wrapped, fresh)) => return Ok(seal(&wrapped, now, &fresh, token)),
+                Ok((wrapped, fresh)) => {
+                    return Ok(self.vault.seal(&self.key, &wrapped, now, &fresh, token, now))
+                }
                 // The provider may have rotated the refresh token already: persisting it
                 // under the current (still KMS-wrapped) key beats losing it.
                 Err(err) => tracing::warn!(
@@ -403,7 +680,14 @@ impl LockedGrant {
             }
         }
         let key = self.vault.row_key(sealed).await?;
-        Ok(seal(&current, sealed.row.data_key_created_at, &key, token))
+        Ok(self.vault.seal(
+            &self.key,
+            &current,
+            sealed.row.data_key_created_at,
+            &key,
+            token,
+            now,
+        ))
     }
 }
 
@@ -414,13 +698,21 @@ async fn retry_write(
     grant: &GrantKey,
     version: i64,
     row: &SealedRow,
+    recovered: bool,
+    endpoints: &[String],
     first_error: sqlx::Error,
 ) -> Result<bool, VaultError> {
     tracing::error!(error = %first_error, "persisting a refreshed token failed; retrying");
     let mut last_error = first_error;
     for attempt in 1..=3u32 {
         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
-        match store::write_refreshed(db, grant, version, row).await {
+        let retried = async {
+            let mut tx = db.begin().await?;
+            let written = write_refreshed(&mut tx, grant, version, row, recovered, endpoints).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(written)
+        };
+        match retried.await {
             Ok(true) => return Ok(true),
             // The first commit may have landed before its error: then the row holds ours.
             Ok(false) => {
@@ -440,25 +732,76 @@ async fn retry_write(
     Err(last_error.into())
 }
 
-/// A grant sealed under a row's data key: the one way a grant becomes a row.
-fn seal(
-    wrapped: &WrappedKey,
-    key_created_at: DateTime<Utc>,
-    key: &RowKey,
-    token: &TokenSet,
-) -> SealedRow {
-    SealedRow {
-        kms_key_id: wrapped.key_id.clone(),
-        wrapped_data_key: wrapped.blob.clone(),
-        data_key_created_at: key_created_at,
-        access_token_ct: key.seal(Field::AccessToken, token.access_token.expose().as_bytes()),
-        refresh_token_ct: token
-            .refresh_token
-            .as_ref()
-            .map(|t| key.seal(Field::RefreshToken, t.expose().as_bytes())),
-        expires_at: token.expires_at,
-        scopes: token.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+/// Writes a refreshed grant if the row is still at `version`, with its `grant.recovered`
+/// event if it was degraded.
+async fn write_refreshed(
+    tx: &mut PgConnection,
+    grant: &GrantKey,
+    version: i64,
+    row: &SealedRow,
+    recovered: bool,
+    endpoints: &[String],
+) -> Result<bool, sqlx::Error> {
+    let written = store::write_refreshed(&mut *tx, grant, version, row).await?;
+    if written && recovered {
+        record(tx, grant, &GrantEvent::Recovered, endpoints).await?;
     }
+    Ok(written)
+}
+
+/// Writes `event` of `grant` to the outbox, with a delivery to each of `endpoints`.
+async fn record(
+    tx: &mut PgConnection,
+    grant: &GrantKey,
+    event: &GrantEvent,
+    endpoints: &[String],
+) -> Result<(), sqlx::Error> {
+    let event_id = new_event_id();
+    let payload = event.payload(grant, Utc::now());
+    let new = NewEvent {
+        event_id: &event_id,
+        kind: event.kind(),
+        payload: &payload,
+    };
+    store::insert_event(tx, grant, &new, endpoints).await
+}
+
+/// A grant's state and health as operators see it.
+fn summary(row: GrantSummaryRow) -> Result<GrantSummary, VaultError> {
+    let scopes = row
+        .scopes
+        .iter()
+        .map(|s| Scope::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| VaultError::Corrupt("scopes"))?;
+    let health = if row.status != TokenStatus::Active {
+        GrantHealth::ReauthorizationRequired {
+            reason: row
+                .last_refresh_error
+                .clone()
+                .unwrap_or_else(|| "invalid_grant".to_owned()),
+        }
+    } else if !row.has_refresh_token && row.expires_at <= Utc::now() {
+        GrantHealth::ReauthorizationRequired {
+            reason: "missing_refresh_token".to_owned(),
+        }
+    } else if row.refresh_failure_count > 0 {
+        GrantHealth::Degraded {
+            consecutive_failures: u32::try_from(row.refresh_failure_count).unwrap_or(0),
+            last_error: row.last_refresh_error.clone(),
+            next_retry_at: row.refresh_retry_after,
+        }
+    } else {
+        GrantHealth::Active
+    };
+    Ok(GrantSummary {
+        grant: row.grant,
+        health,
+        scopes,
+        expires_at: row.expires_at,
+        last_refreshed_at: row.last_refresh_at,
+        next_refresh_at: row.next_refresh_at,
+    })
 }
 
 fn open_text(key: &RowKey, field: Field, sealed: &[u8]) -> Result<String, VaultError> {

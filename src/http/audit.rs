@@ -22,6 +22,7 @@ pub enum Event {
     Refresh,
     Revoke,
     EraseUser,
+    ListGrants,
 }
 
 impl Event {
@@ -33,6 +34,7 @@ impl Event {
             Self::Refresh => "token.refresh",
             Self::Revoke => "token.revoke",
             Self::EraseUser => "user.erase",
+            Self::ListGrants => "user.list_grants",
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod audit;
 mod error;
 mod extract;
+mod grants;
 mod health;
 pub mod openapi;
 mod server;

@@ -22,6 +22,7 @@ use super::AppState;
 pub(super) fn routes(with_metrics: bool) -> OpenApiRouter<AppState> {
     let routes = OpenApiRouter::new()
         .merge(super::tokens::router())
+        .merge(super::grants::router())
         .merge(super::health::router())
         .routes(routes!(openapi_json));
     if with_metrics {
@@ -84,6 +85,12 @@ pub(super) fn finish(mut doc: OpenApi) -> OpenApi {
         TagBuilder::new()
             .name("grants")
             .description(Some("Store, read, refresh and delete grants"))
+            .build(),
+        TagBuilder::new()
+            .name("lifecycle")
+            .description(Some(
+                "Each grant's health, and the webhook deliveries of grant events",
+            ))
             .build(),
         TagBuilder::new()
             .name("health")
@@ -231,6 +238,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(operations, 6);
+        assert_eq!(operations, 9);
     }
 }

@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(store_token, get_token, delete_token))
         .routes(routes!(access_token))
         .routes(routes!(force_refresh))
-        .routes(routes!(delete_user_tokens))
+        .routes(routes!(super::grants::list_user_grants, delete_user_tokens))
 }
 
 /// A grant to store: what the provider's token endpoint answered at consent.
@@ -356,7 +356,15 @@ async fn store_token(
         |path| async move {
             let Json(body) = body?;
             let token = body.parse()?;
-            state.vault.store(&path.0, &token).await?;
+            let grant = path.0.clone();
+            let superseded = state.providers.revokes_superseded(&grant.provider);
+            if let Some(old) = state.vault.store(&grant, &token, superseded).await? {
+                // After the commit and off the request: the caller does not wait on it.
+                let state = state.clone();
+                tokio::spawn(async move {
+                    revoke::revoke_superseded(&state.providers, &state.metrics, &grant, &old).await;
+                });
+            }
             Ok(StatusCode::NO_CONTENT)
         },
     )

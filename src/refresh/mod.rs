@@ -128,7 +128,29 @@ type Outcome = Result<AccessGrant, RefreshError>;
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     grant: GrantKey,
-    forced: bool,
+    /// Which [`Validity`] the flight was asked for (callers asking another join another).
+    validity: u8,
+}
+
+/// Why a refresh was tried: the `trigger` label of `token_store_refreshes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A caller asked for a token, or forced a refresh.
+    OnDemand,
+    /// The keeper, ahead of the access token's expiry.
+    Ahead,
+    /// The keeper, because the refresh token had been idle too long.
+    KeepAlive,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on_demand",
+            Self::Ahead => "ahead",
+            Self::KeepAlive => "keep_alive",
+        }
+    }
 }
 
 /// Hands out valid access tokens. Cheap to clone.
@@ -221,29 +243,45 @@ impl Refresher {
             Decision::Serve => Ok(inner.vault.open_access(&sealed).await?),
             // The flight also answers for a grant it cannot refresh (no OAuth client for
             // the provider comes first, then no refresh token), as it does under the lock.
-            Decision::Refresh | Decision::NoRefreshToken => self.join_flight(grant, validity).await,
-            other => inner.settle(grant, &sealed, other).await,
+            Decision::Refresh | Decision::NoRefreshToken => {
+                self.join_flight(grant, Trigger::OnDemand, validity).await
+            }
+            other => inner.settle(grant, Trigger::OnDemand, &sealed, other).await,
         }
     }
 
     /// Refreshes now, whatever the token's expiry.
     #[tracing::instrument(skip_all, fields(user_id = %grant.user, provider = %grant.provider))]
     pub async fn force_refresh(&self, grant: &GrantKey) -> Outcome {
-        self.join_flight(grant, Validity::Forced).await
+        self.join_flight(grant, Trigger::OnDemand, Validity::Forced)
+            .await
+    }
+
+    /// The keeper's refresh of a grant it found due (`trigger`: ahead of expiry, or to keep
+    /// it alive), through the same lock, re-read and fenced write as any refresh; a grant
+    /// no longer due under the lock is left alone.
+    pub async fn keep(&self, grant: &GrantKey, trigger: Trigger) -> Outcome {
+        self.join_flight(grant, trigger, Validity::Due).await
     }
 
     /// Joins the grant's flight in this process, or starts one.
-    async fn join_flight(&self, grant: &GrantKey, validity: Validity) -> Outcome {
+    async fn join_flight(&self, grant: &GrantKey, trigger: Trigger, validity: Validity) -> Outcome {
         let key = FlightKey {
             grant: grant.clone(),
-            forced: matches!(validity, Validity::Forced),
+            validity: match validity {
+                Validity::AtLeast(_) => 0,
+                Validity::Forced => 1,
+                Validity::Due => 2,
+            },
         };
         let span =
             tracing::info_span!("refresh", user_id = %grant.user, provider = %grant.provider);
         let inner = self.inner.clone();
         let (flight, joined) = inner.flights.join_or_start(key, {
             let inner = inner.clone();
-            move |key| async move { inner.run_flight(&key.grant, validity).await }.instrument(span)
+            move |key| {
+                async move { inner.run_flight(&key.grant, trigger, validity).await }.instrument(span)
+            }
         });
         if joined {
             inner.metrics.refresh_joins.inc();
@@ -255,13 +293,13 @@ impl Refresher {
 }
 
 impl Inner {
-    async fn run_flight(&self, grant: &GrantKey, validity: Validity) -> Outcome {
+    async fn run_flight(&self, grant: &GrantKey, trigger: Trigger, validity: Validity) -> Outcome {
         let Some(client) = self.providers.get(&grant.provider) else {
-            self.count(grant, RefreshOutcome::NotConfigured);
+            self.count(grant, trigger, RefreshOutcome::NotConfigured);
             return Err(RefreshError::ProviderNotConfigured);
         };
         if self.misconfigured.is_paused(&grant.provider) {
-            self.count(grant, RefreshOutcome::Misconfigured);
+            self.count(grant, trigger, RefreshOutcome::Misconfigured);
             let sealed = self
                 .vault
                 .read(grant)
@@ -275,10 +313,10 @@ impl Inner {
         // this flight was a forced refresh: the new grant is not the one it was asked for).
         let mut validity = validity;
         for _ in 0..2 {
-            if let Some(token) = self.attempt(grant, validity, &*client).await? {
+            if let Some(token) = self.attempt(grant, trigger, validity, &*client).await? {
                 return Ok(token);
             }
-            self.count(grant, RefreshOutcome::Superseded);
+            self.count(grant, trigger, RefreshOutcome::Superseded);
             validity = Validity::AtLeast(self.settings.buffer);
         }
         // Replaced again and again: what is stored now, if it is still valid.
@@ -290,6 +328,7 @@ impl Inner {
     async fn attempt(
         &self,
         grant: &GrantKey,
+        trigger: Trigger,
         validity: Validity,
         client: &dyn Provider,
     ) -> Result<Option<AccessGrant>, RefreshError> {
@@ -301,7 +340,7 @@ impl Inner {
             .observe(started.elapsed().as_secs_f64());
         let Some(mut locked) = locked? else {
             // Busy: another refresh holds the lock, or every lock connection is taken.
-            self.count(grant, RefreshOutcome::LockTimeout);
+            self.count(grant, trigger, RefreshOutcome::LockTimeout);
             tracing::warn!("gave up waiting for the refresh lock");
             return self.serve_stored(grant).await.map(Some);
         };
@@ -312,10 +351,10 @@ impl Inner {
         match policy::decide(sealed.state(), now, &[], validity) {
             Decision::Refresh => {}
             Decision::Serve => {
-                self.count(grant, RefreshOutcome::AlreadyFresh);
+                self.count(grant, trigger, RefreshOutcome::AlreadyFresh);
                 return Ok(Some(self.vault.open_access(&sealed).await?));
             }
-            other => return self.settle(grant, &sealed, other).await.map(Some),
+            other => return self.settle(grant, trigger, &sealed, other).await.map(Some),
         }
 
         let refresh_token = locked.refresh_token(&sealed).await?;
@@ -333,14 +372,14 @@ impl Inner {
                     tracing::info!("the grant was replaced or deleted while it was being refreshed; the refreshed token is discarded");
                     return Ok(None);
                 }
-                self.count(grant, RefreshOutcome::Refreshed);
+                self.count(grant, trigger, RefreshOutcome::Refreshed);
                 Ok(Some(token.into()))
             }
             Err(ProviderError::Misconfigured { error }) => {
                 // Not the grant's fault: nothing is written, and calls to this provider
                 // pause for a while (no point asking again with the same client).
                 self.misconfigured.trip(&grant.provider, &error);
-                self.count(grant, RefreshOutcome::Misconfigured);
+                self.count(grant, trigger, RefreshOutcome::Misconfigured);
                 self.serve_while_misconfigured(&sealed).await.map(Some)
             }
             Err(ProviderError::Terminal { error }) => {
@@ -348,7 +387,7 @@ impl Inner {
                     return Ok(None);
                 }
                 tracing::warn!(error = %error, "the provider rejected the grant");
-                self.count(grant, RefreshOutcome::Terminal);
+                self.count(grant, trigger, RefreshOutcome::Terminal);
                 Err(RefreshError::ReauthorizationRequired)
             }
             Err(err) => {
@@ -374,24 +413,30 @@ impl Inner {
                     ProviderError::Unexpected { .. } => RefreshOutcome::Error,
                     _ => RefreshOutcome::Transient,
                 };
-                self.count(grant, outcome);
+                self.count(grant, trigger, outcome);
                 self.fall_back(&sealed, until).await.map(Some)
             }
         }
     }
 
     /// The answer to a decision that refreshes nothing and serves nothing fresh.
-    async fn settle(&self, grant: &GrantKey, sealed: &SealedGrant, decision: Decision) -> Outcome {
+    async fn settle(
+        &self,
+        grant: &GrantKey,
+        trigger: Trigger,
+        sealed: &SealedGrant,
+        decision: Decision,
+    ) -> Outcome {
         match decision {
             Decision::Serve => Ok(self.vault.open_access(sealed).await?),
             Decision::Dead => Err(RefreshError::ReauthorizationRequired),
             Decision::MissingScopes(missing) => Err(RefreshError::ScopeExpansionRequired(missing)),
             Decision::NoRefreshToken => {
-                self.count(grant, RefreshOutcome::NoRefreshToken);
+                self.count(grant, trigger, RefreshOutcome::NoRefreshToken);
                 Err(RefreshError::ReauthorizationRequired)
             }
             Decision::CoolDown { until } => {
-                self.count(grant, RefreshOutcome::Cooldown);
+                self.count(grant, trigger, RefreshOutcome::Cooldown);
                 self.fall_back(sealed, until).await
             }
             Decision::Refresh => Err(RefreshError::unexpected(anyhow::anyhow!(
@@ -437,10 +482,14 @@ impl Inner {
         }
     }
 
-    fn count(&self, grant: &GrantKey, outcome: RefreshOutcome) {
+    fn count(&self, grant: &GrantKey, trigger: Trigger, outcome: RefreshOutcome) {
         self.metrics
             .refreshes
-            .with_label_values(&[self.providers.label(&grant.provider), outcome.as_str()])
+            .with_label_values(&[
+                self.providers.label(&grant.provider),
+                outcome.as_str(),
+                trigger.as_str(),
+            ])
             .inc();
     }
 }

@@ -16,6 +16,9 @@ pub enum Validity {
     AtLeast(Duration),
     /// Refreshed now, whatever its expiry.
     Forced,
+    /// The keeper's refresh: only while the grant is still due (`next_refresh_at` has
+    /// passed); a grant another replica refreshed meanwhile is left as it is.
+    Due,
 }
 
 /// What to do with a grant.
@@ -53,10 +56,14 @@ pub fn decide(
     if !missing.is_empty() {
         return Decision::MissingScopes(missing);
     }
-    if let Validity::AtLeast(validity) = validity {
-        if state.expires_at > after(now, validity) {
+    match validity {
+        Validity::AtLeast(validity) if state.expires_at > after(now, validity) => {
             return Decision::Serve;
         }
+        Validity::Due if !state.next_refresh_at.is_some_and(|due| due <= now) => {
+            return Decision::Serve;
+        }
+        _ => {}
     }
     if let Some(until) = state.retry_after.filter(|t| *t > now) {
         return Decision::CoolDown { until };
@@ -134,6 +141,7 @@ mod tests {
             has_refresh_token: true,
             refresh_failures: 0,
             retry_after: None,
+            next_refresh_at: None,
         }
     }
 
@@ -216,6 +224,43 @@ mod tests {
                 none,
                 Validity::Forced,
                 Decision::Refresh,
+            ),
+            (
+                "keeper, due: refreshed even when fresh",
+                GrantState {
+                    next_refresh_at: Some(at(now, -1)),
+                    ..grant(now, 3600)
+                },
+                none,
+                Validity::Due,
+                Decision::Refresh,
+            ),
+            (
+                "keeper, refreshed meanwhile (no longer due): left alone",
+                GrantState {
+                    next_refresh_at: Some(at(now, 600)),
+                    ..grant(now, 10)
+                },
+                none,
+                Validity::Due,
+                Decision::Serve,
+            ),
+            (
+                "keeper, never due: left alone",
+                grant(now, 10),
+                none,
+                Validity::Due,
+                Decision::Serve,
+            ),
+            (
+                "keeper, due but dead: dead",
+                GrantState {
+                    next_refresh_at: Some(at(now, -1)),
+                    ..dead.clone()
+                },
+                none,
+                Validity::Due,
+                Decision::Dead,
             ),
             (
                 "dead: dead",

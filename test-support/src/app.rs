@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use token_store::auth::key_hash_hex;
 use token_store::config::{
-    ClientConfig, Config, DatabaseConfig, KmsConfig, RefreshConfig, ServerConfig,
+    ClientConfig, Config, DatabaseConfig, KeeperConfig, KmsConfig, RefreshConfig, ServerConfig,
+    WebhooksConfig,
 };
 use token_store::crypto::{KmsOperation, KmsOutcome};
 use token_store::startup::Application;
@@ -43,7 +44,7 @@ pub fn clients() -> Vec<ClientConfig> {
         client(
             "full",
             FULL_KEY,
-            "read,write,refresh,revoke,read_refresh_token",
+            "read,write,refresh,revoke,read_refresh_token,inspect",
         ),
         client("read-write", RW_KEY, "read,write,refresh,revoke"),
         client("reader", READ_KEY, "read"),
@@ -87,6 +88,12 @@ pub fn app_config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Confi
         },
         providers: Default::default(),
         clients: clients(),
+        // Off unless a test turns it on: most tests count provider calls exactly.
+        keeper: KeeperConfig {
+            enabled: false,
+            ..KeeperConfig::default()
+        },
+        webhooks: WebhooksConfig::default(),
     }
 }
 

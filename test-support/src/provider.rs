@@ -120,6 +120,8 @@ impl FakeProvider {
             revoke_endpoint: Some(format!("{}/revoke", self.url)),
             client_auth: None,
             rotates_refresh_tokens: false,
+            keep_alive_after: Duration::from_secs(7 * 24 * 3600),
+            revoke_superseded: true,
         }
     }
 

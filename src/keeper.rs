@@ -1,0 +1,197 @@
+//! The keeper: each replica's background refresh of grants ahead of expiry and of grants
+//! whose refresh token has been idle too long, so that callers are served without waiting
+//! on a provider and idle expiry never hits.
+//!
+//! Every write of a grant schedules its next refresh (`next_refresh_at`, see
+//! [`crate::vault::Schedule`]). Each tick, the keeper claims a batch of due grants for a
+//! while (`for update skip locked`: replicas never claim the same grant at once) and
+//! refreshes each through [`Refresher::keep`]: the same advisory lock, re-read and fenced
+//! write as an on-demand refresh, so a grant is refreshed once however many replicas and
+//! callers want it. Concurrency and rate are bounded per provider; dead grants and grants
+//! cooling down after a failure are not due.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::{Interval, MissedTickBehavior};
+
+use crate::config::KeeperConfig;
+use crate::domain::GrantKey;
+use crate::metrics::Metrics;
+use crate::refresh::{Refresher, Trigger};
+use crate::store::DueGrant;
+use crate::vault::Vault;
+
+/// How often the keeper counts grants by state (a scan of the table).
+const COUNT_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Keeper {
+    vault: Vault,
+    refresher: Refresher,
+    metrics: Metrics,
+    settings: KeeperConfig,
+    /// The providers with an OAuth client: only their grants are claimed.
+    providers: Vec<String>,
+    limits: HashMap<String, Arc<ProviderLimit>>,
+}
+
+/// One provider's bounds in this replica: refreshes at once, and their pace.
+struct ProviderLimit {
+    running: Semaphore,
+    pace: Mutex<Interval>,
+}
+
+impl Keeper {
+    pub fn new(
+        vault: Vault,
+        refresher: Refresher,
+        metrics: Metrics,
+        settings: KeeperConfig,
+        providers: Vec<String>,
+    ) -> Self {
+        let limits = providers
+            .iter()
+            .map(|name| {
+                let rate = settings.rate_per_provider.max(1);
+                let mut pace = tokio::time::interval(Duration::from_secs(1) / rate);
+                pace.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let limit = ProviderLimit {
+                    running: Semaphore::new(settings.concurrency_per_provider.max(1) as usize),
+                    pace: Mutex::new(pace),
+                };
+                (name.clone(), Arc::new(limit))
+            })
+            .collect();
+        Self {
+            vault,
+            refresher,
+            metrics,
+            settings,
+            providers,
+            limits,
+        }
+    }
+
+    /// Looks for due grants every `interval` until `shutdown`; a refresh under way at
+    /// shutdown is dropped with its claim (it expires, and any replica takes it again).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut last_count: Option<Instant> = None;
+        loop {
+            if last_count.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+                self.count_grants().await;
+                last_count = Some(Instant::now());
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.tick() => {}
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(self.settings.interval) => {}
+            }
+        }
+    }
+
+    /// Claims and refreshes due grants, batch after batch, until none is due.
+    pub async fn tick(&self) {
+        loop {
+            let claimed = self
+                .vault
+                .claim_due(
+                    &self.providers,
+                    self.settings.claim,
+                    self.settings.batch_size.max(1),
+                )
+                .await;
+            let due = match claimed {
+                Ok(due) => due,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the keeper could not claim due grants");
+                    return;
+                }
+            };
+            // Claimed most overdue first: the first is the lag.
+            let lag = due.first().map_or(0.0, |first| {
+                (Utc::now() - first.next_refresh_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            });
+            self.metrics.keeper_lag.set(lag);
+            let full = due.len() == self.settings.batch_size.max(1) as usize;
+            let mut refreshes = JoinSet::new();
+            for grant in due {
+                let Some(limit) = self.limits.get(grant.grant.provider.as_str()).cloned() else {
+                    continue;
+                };
+                let refresher = self.refresher.clone();
+                let trigger = self.trigger(&grant);
+                refreshes.spawn(async move {
+                    let Ok(_running) = limit.running.acquire().await else {
+                        return;
+                    };
+                    limit.pace.lock().await.tick().await;
+                    keep(&refresher, &grant.grant, trigger).await;
+                });
+            }
+            while refreshes.join_next().await.is_some() {}
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Ahead of expiry if the access token expires within the (jittered) refresh-ahead
+    /// window, else to keep an idle refresh token alive.
+    fn trigger(&self, due: &DueGrant) -> Trigger {
+        let window = self.settings.refresh_ahead + self.settings.jitter;
+        let left = (due.expires_at - Utc::now()).to_std().unwrap_or_default();
+        if left <= window {
+            Trigger::Ahead
+        } else {
+            Trigger::KeepAlive
+        }
+    }
+
+    /// Sets `token_store_grants{state, provider}` from a count of the table.
+    async fn count_grants(&self) {
+        match self.vault.count_by_state().await {
+            Ok(counts) => {
+                self.metrics.grants.reset();
+                for (state, provider, n) in counts {
+                    // Provider names are the operator's (stored grants of unknown providers
+                    // are counted under `unconfigured`, as in every metric).
+                    let label = if self.limits.contains_key(&provider) {
+                        provider.as_str()
+                    } else {
+                        crate::providers::UNCONFIGURED
+                    };
+                    self.metrics
+                        .grants
+                        .with_label_values(&[&state, label])
+                        .add(n);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "the keeper could not count grants"),
+        }
+    }
+}
+
+/// One keeper refresh; its outcome is counted by the refresher, failures are logged.
+async fn keep(refresher: &Refresher, grant: &GrantKey, trigger: Trigger) {
+    if let Err(err) = refresher.keep(grant, trigger).await {
+        tracing::info!(
+            user_id = %grant.user,
+            provider = %grant.provider,
+            trigger = trigger.as_str(),
+            error = %err,
+            "the keeper's refresh did not succeed"
+        );
+    }
+}
