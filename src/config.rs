@@ -441,6 +441,10 @@ pub struct KeeperConfig {
     /// How long a claim keeps other replicas off a grant (longer than one refresh).
     #[serde(rename = "claim_ms", deserialize_with = "millis")]
     pub claim: Duration,
+    /// How often the keeper counts grants by state for `token_store_grants` (a scan of
+    /// the table).
+    #[serde(rename = "count_interval_seconds", deserialize_with = "seconds")]
+    pub count_interval: Duration,
 }
 
 impl Default for KeeperConfig {
@@ -454,6 +458,7 @@ impl Default for KeeperConfig {
             concurrency_per_provider: 8,
             rate_per_provider: 50,
             claim: Duration::from_secs(60),
+            count_interval: Duration::from_secs(30),
         }
     }
 }

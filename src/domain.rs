@@ -259,7 +259,9 @@ pub enum GrantHealth {
     },
     /// Dead: only the user's consent brings it back. `reason`: the provider's error
     /// (`invalid_grant`), or `missing_refresh_token` for an expired grant that has none.
-    ReauthorizationRequired { reason: String },
+    ReauthorizationRequired {
+        reason: String,
+    },
 }
 
 impl GrantHealth {

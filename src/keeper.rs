@@ -27,9 +27,6 @@ use crate::refresh::{Refresher, Trigger};
 use crate::store::DueGrant;
 use crate::vault::Vault;
 
-/// How often the keeper counts grants by state (a scan of the table).
-const COUNT_EVERY: Duration = Duration::from_secs(30);
-
 pub struct Keeper {
     vault: Vault,
     refresher: Refresher,
@@ -83,7 +80,7 @@ impl Keeper {
         let mut shutdown = std::pin::pin!(shutdown);
         let mut last_count: Option<Instant> = None;
         loop {
-            if last_count.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+            if last_count.is_none_or(|at| at.elapsed() >= self.settings.count_interval) {
                 self.count_grants().await;
                 last_count = Some(Instant::now());
             }

@@ -20,5 +20,5 @@ pub mod rewrap;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod webhooks;
 pub mod vault;
+pub mod webhooks;

@@ -20,12 +20,12 @@ use crate::config::{Config, DatabaseConfig, KmsConfig, ServerLimits};
 use crate::credentials::{CredentialSource, DbCredentials};
 use crate::crypto::{CacheSettings, Envelope};
 use crate::http::{self, AppState, Services};
+use crate::keeper::Keeper;
 use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::refresh::Refresher;
 use crate::store;
-use crate::keeper::Keeper;
 use crate::vault::{Lifecycle, Schedule, Storage, Vault};
 use crate::webhooks::Deliverer;
 
@@ -189,7 +189,9 @@ impl Application {
         tracing::info!(address = %self.local_addr, "listening");
         let shutdown = shutdown.boxed().shared();
         let connections = self.state.metrics.http_connections.clone();
-        let keeper = self.keeper.map(|keeper| tokio::spawn(keeper.run(shutdown.clone())));
+        let keeper = self
+            .keeper
+            .map(|keeper| tokio::spawn(keeper.run(shutdown.clone())));
         let deliverer = self
             .deliverer
             .map(|deliverer| tokio::spawn(deliverer.run(shutdown.clone())));

@@ -195,9 +195,9 @@ impl Vault {
         let old = store::find_for_update(&mut *tx, grant).await?;
         store::upsert(&mut *tx, grant, &row).await?;
         self.record(&mut tx, grant, &GrantEvent::Connected).await?;
-        let was_unwell = old.as_ref().is_some_and(|old| {
-            old.status != TokenStatus::Active || old.refresh_failure_count > 0
-        });
+        let was_unwell = old
+            .as_ref()
+            .is_some_and(|old| old.status != TokenStatus::Active || old.refresh_failure_count > 0);
         if was_unwell {
             self.record(&mut tx, grant, &GrantEvent::Recovered).await?;
         }
@@ -208,9 +208,9 @@ impl Vault {
         };
         let old = SealedGrant::new(grant.clone(), old)?;
         match self.open(&old, Reveal::AccessAndRefreshToken).await {
-            Ok(opened) => Ok(opened
-                .refresh_token
-                .filter(|old| Some(old.expose()) != token.refresh_token.as_ref().map(|t| t.expose()))),
+            Ok(opened) => Ok(opened.refresh_token.filter(|old| {
+                Some(old.expose()) != token.refresh_token.as_ref().map(|t| t.expose())
+            })),
             Err(err) => {
                 tracing::warn!(error = %err, "could not open the replaced grant's refresh token; it is not revoked");
                 Ok(None)
@@ -586,9 +586,15 @@ impl LockedGrant {
         let recovered = sealed.state.refresh_failures > 0;
         let endpoints = self.vault.lifecycle.endpoints.clone();
         let first = async {
-            let written =
-                write_refreshed(&mut self.tx, &self.key, version, &row, recovered, &endpoints)
-                    .await?;
+            let written = write_refreshed(
+                &mut self.tx,
+                &self.key,
+                version,
+                &row,
+                recovered,
+                &endpoints,
+            )
+            .await?;
             self.tx.commit().await?;
             Ok::<_, sqlx::Error>(written)
         }
@@ -596,8 +602,16 @@ impl LockedGrant {
         match first {
             Ok(written) => Ok(written),
             Err(err) => {
-                retry_write(&self.vault.storage.db, &self.key, version, &row, recovered, &endpoints, err)
-                    .await
+                retry_write(
+                    &self.vault.storage.db,
+                    &self.key,
+                    version,
+                    &row,
+                    recovered,
+                    &endpoints,
+                    err,
+                )
+                .await
             }
         }
     }
@@ -669,7 +683,9 @@ impl LockedGrant {
         if key_age >= self.vault.data_key_max_age {
             match self.vault.envelope.new_row_key(&self.key).await {
                 Ok((wrapped, fresh)) => {
-                    return Ok(self.vault.seal(&self.key, &wrapped, now, &fresh, token, now))
+                    return Ok(self
+                        .vault
+                        .seal(&self.key, &wrapped, now, &fresh, token, now))
                 }
                 // The provider may have rotated the refresh token already: persisting it
                 // under the current (still KMS-wrapped) key beats losing it.
@@ -708,7 +724,8 @@ async fn retry_write(
         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
         let retried = async {
             let mut tx = db.begin().await?;
-            let written = write_refreshed(&mut tx, grant, version, row, recovered, endpoints).await?;
+            let written =
+                write_refreshed(&mut tx, grant, version, row, recovered, endpoints).await?;
             tx.commit().await?;
             Ok::<_, sqlx::Error>(written)
         };

@@ -49,7 +49,11 @@ pub struct Deliverer {
 impl Deliverer {
     /// `None` when no endpoint is configured. The configuration was checked at start-up
     /// ([`WebhooksConfig::check`]).
-    pub fn new(vault: Vault, metrics: Metrics, settings: WebhooksConfig) -> anyhow::Result<Option<Self>> {
+    pub fn new(
+        vault: Vault,
+        metrics: Metrics,
+        settings: WebhooksConfig,
+    ) -> anyhow::Result<Option<Self>> {
         if settings.endpoints.is_empty() {
             return Ok(None);
         }
@@ -126,10 +130,18 @@ impl Deliverer {
             Err(error) => {
                 let attempts = u32::try_from(delivery.attempts).unwrap_or(u32::MAX);
                 let retry_at = (attempts < self.settings.max_attempts).then(|| {
-                    let wait = backoff(attempts, self.settings.backoff_base, self.settings.backoff_max);
+                    let wait = backoff(
+                        attempts,
+                        self.settings.backoff_base,
+                        self.settings.backoff_max,
+                    );
                     Utc::now() + chrono::TimeDelta::from_std(wait).unwrap_or_default()
                 });
-                let outcome = if retry_at.is_some() { "retry" } else { "failed" };
+                let outcome = if retry_at.is_some() {
+                    "retry"
+                } else {
+                    "failed"
+                };
                 tracing::warn!(
                     endpoint = %delivery.endpoint,
                     event_id = %delivery.event_id,
@@ -139,7 +151,9 @@ impl Deliverer {
                     "a webhook delivery failed"
                 );
                 self.count(&delivery, outcome);
-                self.vault.mark_attempt_failed(&delivery, &error, retry_at).await
+                self.vault
+                    .mark_attempt_failed(&delivery, &error, retry_at)
+                    .await
             }
         };
         if let Err(err) = recorded {

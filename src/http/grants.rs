@@ -138,12 +138,18 @@ pub(super) async fn list_user_grants(
     caller: Caller,
     path: Result<UserPath, InvalidInput>,
 ) -> Result<axum::Json<UserGrantsBody>, ApiError> {
-    audited(Event::ListGrants, &caller, Permission::Read, &path, |path| async move {
-        let grants = state.vault.summaries_of(&path.0).await?;
-        Ok(axum::Json(UserGrantsBody {
-            grants: grants.into_iter().map(Into::into).collect(),
-        }))
-    })
+    audited(
+        Event::ListGrants,
+        &caller,
+        Permission::Read,
+        &path,
+        |path| async move {
+            let grants = state.vault.summaries_of(&path.0).await?;
+            Ok(axum::Json(UserGrantsBody {
+                grants: grants.into_iter().map(Into::into).collect(),
+            }))
+        },
+    )
     .await
 }
 
@@ -212,7 +218,11 @@ async fn list_grants(
         )
         .await?;
     let next_cursor = (grants.len() == limit as usize)
-        .then(|| grants.last().map(|g| encode_cursor(&format!("{}/{}", g.grant.user, g.grant.provider))))
+        .then(|| {
+            grants
+                .last()
+                .map(|g| encode_cursor(&format!("{}/{}", g.grant.user, g.grant.provider)))
+        })
         .flatten();
     Ok(axum::Json(GrantsPageBody {
         grants: grants.into_iter().map(Into::into).collect(),
@@ -332,12 +342,17 @@ async fn list_deliveries(
         .vault
         .list_deliveries(
             query.state.map(DeliveryState::as_str),
-            after.as_ref().map(|(id, endpoint)| (*id, endpoint.as_str())),
+            after
+                .as_ref()
+                .map(|(id, endpoint)| (*id, endpoint.as_str())),
             limit,
         )
         .await?;
     let next_cursor = (rows.len() == limit as usize)
-        .then(|| rows.last().map(|r| encode_cursor(&format!("{}/{}", r.id, r.endpoint))))
+        .then(|| {
+            rows.last()
+                .map(|r| encode_cursor(&format!("{}/{}", r.id, r.endpoint)))
+        })
         .flatten();
     Ok(axum::Json(DeliveriesPageBody {
         deliveries: rows.into_iter().map(Into::into).collect(),

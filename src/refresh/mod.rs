@@ -280,7 +280,8 @@ impl Refresher {
         let (flight, joined) = inner.flights.join_or_start(key, {
             let inner = inner.clone();
             move |key| {
-                async move { inner.run_flight(&key.grant, trigger, validity).await }.instrument(span)
+                async move { inner.run_flight(&key.grant, trigger, validity).await }
+                    .instrument(span)
             }
         });
         if joined {

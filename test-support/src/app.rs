@@ -233,6 +233,24 @@ impl Api {
         self.send(self.http.delete(url)).await
     }
 
+    /// `GET /v1/users/{user}/tokens`: the user's grants with their health.
+    pub async fn list_user_grants(&self, user: &str) -> reqwest::Response {
+        let url = format!("{}/v1/users/{user}/tokens", self.base);
+        self.send(self.http.get(url)).await
+    }
+
+    /// `GET /v1/grants?{query}`: a page of every grant (operators).
+    pub async fn list_grants(&self, query: &str) -> reqwest::Response {
+        let url = format!("{}/v1/grants?{query}", self.base);
+        self.send(self.http.get(url)).await
+    }
+
+    /// `GET /v1/webhook-deliveries?{query}`: a page of webhook deliveries (operators).
+    pub async fn webhook_deliveries(&self, query: &str) -> reqwest::Response {
+        let url = format!("{}/v1/webhook-deliveries?{query}", self.base);
+        self.send(self.http.get(url)).await
+    }
+
     /// `GET /healthz`.
     pub async fn healthz(&self) -> reqwest::Response {
         self.get_unauthenticated("/healthz").await
@@ -420,6 +438,21 @@ impl TestApp {
     /// `DELETE /v1/users/{user}/tokens/{provider}`, with every permission.
     pub async fn delete_token(&self, user: &str, provider: &str) -> reqwest::Response {
         self.api().delete_token(user, provider).await
+    }
+
+    /// `GET /v1/users/{user}/tokens`, with every permission.
+    pub async fn list_user_grants(&self, user: &str) -> reqwest::Response {
+        self.api().list_user_grants(user).await
+    }
+
+    /// `GET /v1/grants?{query}`, with every permission.
+    pub async fn list_grants(&self, query: &str) -> reqwest::Response {
+        self.api().list_grants(query).await
+    }
+
+    /// `GET /v1/webhook-deliveries?{query}`, with every permission.
+    pub async fn webhook_deliveries(&self, query: &str) -> reqwest::Response {
+        self.api().webhook_deliveries(query).await
     }
 
     /// `POST .../access-token` without a body, with every permission.

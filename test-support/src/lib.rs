@@ -7,6 +7,7 @@
 //! - [`TestDatabase`] and [`TestKmsKey`]: a scratch PostgreSQL database and a scratch
 //!   LocalStack KMS key, removed when the guard is dropped, also when a test fails
 //!   ([`OnDrop`] says how).
+//! - [`WebhookReceiver`]: a real HTTP server on loopback that verifies webhook signatures.
 //! - [`env`]: where PostgreSQL and LocalStack are, and the AWS settings that reach LocalStack.
 //!
 //! It depends on the `token-store` library, so the service's integration tests may use it
@@ -19,6 +20,7 @@ pub mod env;
 pub mod fixtures;
 pub mod kms;
 pub mod provider;
+pub mod webhook;
 
 pub use app::{
     app_config, captured_logs, init_process, Api, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY,
@@ -29,3 +31,4 @@ pub use env::{database_server_url, kms_endpoint, set_aws_defaults};
 pub use fixtures::{assert_problem, expired_body, expiring_body, token_body};
 pub use kms::{kms_admin, TestKmsKey};
 pub use provider::{FakeProvider, Mode};
+pub use webhook::{Received, ReceiverMode, WebhookReceiver};

@@ -233,7 +233,11 @@ async fn rejected_client_leaves_the_grant_alone(code: &str) {
         assert_problem(served, 503, "provider_misconfigured").await;
         let stored: Value = app.get_token(&user, "google").await.json().await.unwrap();
         assert_eq!(stored["status"], "active", "{status}");
-        assert_eq!(stored_row(&app, &user).await, before, "the row is untouched");
+        assert_eq!(
+            stored_row(&app, &user).await,
+            before,
+            "the row is untouched"
+        );
         // The next call does not ask the provider again for a while.
         assert_problem(
             app.access_token(&user, "google").await,
@@ -241,7 +245,11 @@ async fn rejected_client_leaves_the_grant_alone(code: &str) {
             "provider_misconfigured",
         )
         .await;
-        assert_eq!(provider.token_calls(), 1, "one call, then the provider pauses");
+        assert_eq!(
+            provider.token_calls(),
+            1,
+            "one call, then the provider pauses"
+        );
         assert_eq!(
             app.metric(
                 "token_store_refreshes_total",
@@ -287,19 +295,29 @@ async fn after_a_wrong_client_secret_is_fixed_the_same_grants_refresh_without_ne
     let users: Vec<String> = (0..3).map(|n| format!("typo-{n}")).collect();
     for user in &users {
         app.put_token(user, "google", &expired_body(user)).await;
-        assert_problem(app.access_token(user, "google").await, 503, "provider_misconfigured")
-            .await;
+        assert_problem(
+            app.access_token(user, "google").await,
+            503,
+            "provider_misconfigured",
+        )
+        .await;
     }
     for user in &users {
         let stored: Value = app.get_token(user, "google").await.json().await.unwrap();
         assert_eq!(stored["status"], "active");
     }
-    assert_eq!(provider.token_calls(), 1, "the provider was asked once, then paused");
+    assert_eq!(
+        provider.token_calls(),
+        1,
+        "the provider was asked once, then paused"
+    );
 
     // The operator fixes the secret and the service restarts: no user consents again.
     let fixed = app
         .sibling_with(|config| {
-            config.providers.insert("google".into(), provider.settings());
+            config
+                .providers
+                .insert("google".into(), provider.settings());
         })
         .await;
     for user in &users {
