@@ -295,7 +295,7 @@ revoke_endpoint = "${PROVIDER_URL}/revoke"
 [[clients]]
 name = "contract-test"
 key_sha256 = "${KEY_SHA256}"
-permissions = ["read", "write", "refresh", "revoke", "read_refresh_token"]
+permissions = ["read", "write", "refresh", "revoke", "read_refresh_token", "inspect"]
 EOF
 
 log "token-store migrate (database ${DB_NAME})"
