@@ -348,3 +348,129 @@ async fn a_delivery_that_keeps_failing_is_marked_failed_and_still_listed() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_delivery_whose_replica_is_killed_mid_send_is_delivered_by_another() {
+    let receiver = WebhookReceiver::start().await;
+    receiver.set_mode(ReceiverMode::Hang);
+    // The database and key, with an instance that sends nothing (no endpoints) yet.
+    let quiet = TestApp::spawn().await;
+
+    // The replica to kill: the real binary, sending webhooks.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("token-store.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+
+[database]
+url = "{database_url}"
+
+[kms]
+key_id = "{key_id}"
+endpoint_url = "{endpoint}"
+
+[keeper]
+enabled = false
+
+[webhooks]
+interval_ms = 100
+timeout_ms = 1000
+claim_ms = 2000
+
+[webhooks.endpoints.app]
+url = "{url}"
+secret = "{secret}"
+
+[[clients]]
+name = "e2e"
+key_sha256 = "{hash}"
+permissions = ["read", "write"]
+"#,
+            database_url = quiet.database_url,
+            key_id = quiet.key_id,
+            endpoint = test_support::kms_endpoint(),
+            url = receiver.url,
+            secret = receiver.secret,
+            hash = token_store::auth::key_hash_hex(test_support::FULL_KEY),
+        ),
+    )
+    .unwrap();
+    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_token-store"))
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reaper = test_support::OnDrop::new("the killed replica", {
+        let pid = doomed.id();
+        move || async move {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            Ok(())
+        }
+    });
+    let api = test_support::Api::new(
+        reqwest::Client::new(),
+        &format!("http://127.0.0.1:{port}"),
+        Some(test_support::FULL_KEY),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !api.try_healthz().await.is_some_and(|r| r.status() == 200) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the binary did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        api.put_token("killed-mid-send", "google", &token_body("kill"))
+            .await
+            .status(),
+        204
+    );
+
+    // The binary is sending the event (the receiver holds the request): SIGKILL it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while receiver.requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill().unwrap();
+    doomed.wait().unwrap();
+    receiver.set_mode(ReceiverMode::Up);
+
+    // Another replica takes the delivery once the dead one's claim expires.
+    let survivor = quiet
+        .sibling_with(|config| webhooks_to(config, &receiver))
+        .await;
+    let arrived = receiver
+        .wait_until(Duration::from_secs(15), |received| !received.is_empty())
+        .await;
+    assert!(arrived, "the event was delivered by the surviving replica");
+    let received = receiver.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body["type"], "grant.connected");
+    assert_eq!(received[0].body["data"]["userId"], "killed-mid-send");
+    let page: Value = survivor
+        .webhook_deliveries("state=delivered")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let delivery = &page["deliveries"][0];
+    assert_eq!(delivery["eventId"].as_str(), Some(received[0].id.as_str()));
+    assert_eq!(
+        delivery["attempts"], 2,
+        "the killed attempt and the one that worked"
+    );
+}

@@ -27,12 +27,17 @@ import { badSegment, parseRetryAfter, problemToError } from "./internal.js"
 import {
   AccessToken,
   type AccessTokenOptions,
+  GrantsPage,
   Health,
+  type ListGrantsOptions,
+  type ListWebhookDeliveriesOptions,
   ProblemBody,
   type Readiness,
   ReadinessBody,
   TokenRecord,
-  type TokenInput
+  type TokenInput,
+  UserGrants,
+  WebhookDeliveriesPage
 } from "./schemas.js"
 
 /** How 503 answers with a `Retry-After` are retried (idempotent calls only). */
@@ -89,6 +94,26 @@ export interface TokenStoreClientService {
   readonly deleteToken: (userId: string, provider: string) => Effect.Effect<void, TokenStoreError>
   /** `DELETE /v1/users/{userId}/tokens` (`revoke`): the same for every grant of the user. Retried on 503. */
   readonly deleteUserTokens: (userId: string) => Effect.Effect<void, TokenStoreError>
+  /**
+   * `GET /v1/users/{userId}/tokens` (`read`): every grant of the user with its health and
+   * scopes, never a token; `{ grants: [] }` if none. Retried on 503.
+   */
+  readonly listUserGrants: (userId: string) => Effect.Effect<UserGrants, TokenStoreError>
+  /**
+   * `GET /v1/grants` (`inspect`): one page of every grant with its health, in
+   * `(userId, provider)` order, never a token. Pass the page's `nextCursor` as `cursor` for
+   * the next one (`Option.none()` on the last page). A bad filter, cursor or limit is 422
+   * `invalid_request`. Retried on 503.
+   */
+  readonly listGrants: (options?: ListGrantsOptions) => Effect.Effect<GrantsPage, TokenStoreError>
+  /**
+   * `GET /v1/webhook-deliveries` (`inspect`): one page of the webhook deliveries of grant
+   * events, oldest first (e.g. `{ state: "failed" }`: those given up for good). Paged like
+   * `listGrants`. Retried on 503.
+   */
+  readonly listWebhookDeliveries: (
+    options?: ListWebhookDeliveriesOptions
+  ) => Effect.Effect<WebhookDeliveriesPage, TokenStoreError>
   /** `GET /healthz` (no key sent). */
   readonly health: Effect.Effect<Health, TokenStoreError>
   /** `GET /readyz` (no key sent): `ready` is false on a 503, with the failing part in the body. */
@@ -203,6 +228,16 @@ const transportError = (method: Method, url: string) => (error: HttpClientError.
       error.reason
   })
 
+/** `?a=1&b=2` of the parameters that are defined (in the order given), or "" if none. */
+const queryString = (params: ReadonlyArray<readonly [string, string | number | undefined]>): string => {
+  const search = new URLSearchParams()
+  for (const [name, value] of params) {
+    if (value !== undefined) search.append(name, String(value))
+  }
+  const text = search.toString()
+  return text === "" ? "" : `?${text}`
+}
+
 const validateBaseUrl = (baseUrl: string): string | undefined => {
   const trimmed = baseUrl.trim().replace(/\/+$/, "")
   return /^https?:\/\/[^/?#\s]+(\/[^?#\s]*)?$/i.test(trimmed) ? trimmed : undefined
@@ -297,6 +332,17 @@ export const makeTokenStoreClient = (options: TokenStoreClientOptions): Effect.E
         )
         : Effect.succeed(`/v1/users/${encodeURIComponent(userId)}/tokens/${encodeURIComponent(provider)}`)
 
+    /** The path of a user, or an invalid-request error for a segment the URL would normalise away. */
+    const userPath = (userId: string): Effect.Effect<string, TokenStoreInvalidRequestError> =>
+      badSegment(userId)
+        ? Effect.fail(
+          new TokenStoreInvalidRequestError({
+            status: 422,
+            detail: "userId must not be empty, \".\" or \"..\" (checked by the client)"
+          })
+        )
+        : Effect.succeed(`/v1/users/${encodeURIComponent(userId)}/tokens`)
+
     const noContent = () => Effect.void
     const PAIR = "/v1/users/{userId}/tokens/{provider}"
 
@@ -362,21 +408,58 @@ export const makeTokenStoreClient = (options: TokenStoreClientOptions): Effect.E
           send({ method: "DELETE", route: PAIR, path, authenticated: true, idempotent: true, onSuccess: noContent })
         )),
       deleteUserTokens: (userId) =>
-        badSegment(userId)
-          ? Effect.fail(
-            new TokenStoreInvalidRequestError({
-              status: 422,
-              detail: "userId must not be empty, \".\" or \"..\" (checked by the client)"
-            })
-          )
-          : send({
+        userPath(userId).pipe(Effect.flatMap((path) =>
+          send({
             method: "DELETE",
             route: "/v1/users/{userId}/tokens",
-            path: `/v1/users/${encodeURIComponent(userId)}/tokens`,
+            path,
             authenticated: true,
             idempotent: true,
             onSuccess: noContent
-          }),
+          })
+        )),
+      listUserGrants: (userId) =>
+        userPath(userId).pipe(Effect.flatMap((path) =>
+          send({
+            method: "GET",
+            route: "/v1/users/{userId}/tokens",
+            path,
+            authenticated: true,
+            idempotent: true,
+            onSuccess: (response, url) => decodeBody(UserGrants, "GET", url)(response)
+          })
+        )),
+      listGrants: (listOptions = {}) =>
+        send({
+          method: "GET",
+          route: "/v1/grants",
+          path: `/v1/grants${
+            queryString([
+              ["state", listOptions.state],
+              ["provider", listOptions.provider],
+              ["cursor", listOptions.cursor],
+              ["limit", listOptions.limit]
+            ])
+          }`,
+          authenticated: true,
+          idempotent: true,
+          onSuccess: (response, url) => decodeBody(GrantsPage, "GET", url)(response)
+        }),
+      listWebhookDeliveries: (listOptions = {}) =>
+        send({
+          method: "GET",
+          route: "/v1/webhook-deliveries",
+          path: `/v1/webhook-deliveries${
+            queryString([
+              ["state", listOptions.state],
+              ["cursor", listOptions.cursor],
+              ["limit", listOptions.limit]
+            ])
+          }`,
+          authenticated: true,
+          idempotent: true,
+          onSuccess: (response, url) => decodeBody(WebhookDeliveriesPage, "GET", url)(response)
+        }),
       health: send({
         method: "GET",
         route: "/healthz",
