@@ -60,7 +60,7 @@ pub fn decide(
         Validity::AtLeast(validity) if state.expires_at > after(now, validity) => {
             return Decision::Serve;
         }
-        Validity::Due if !state.next_refresh_at.is_some_and(|due| due <= now) => {
+        Validity::Due if state.next_refresh_at.is_none_or(|due| due > now) => {
             return Decision::Serve;
         }
         _ => {}

@@ -425,7 +425,7 @@ permissions = ["read", "write"]
         Some(test_support::FULL_KEY),
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !api.try_healthz().await.is_some_and(|r| r.status() == 200) {
+    while api.try_healthz().await.is_none_or(|r| r.status() != 200) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the binary did not start"

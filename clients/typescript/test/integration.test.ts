@@ -11,6 +11,8 @@ import { after, afterEach, before, describe, it } from "node:test"
 import { inspect } from "node:util"
 import {
   getValidToken,
+  type GrantHealth,
+  type GrantHealthState,
   GoogleAuthenticationError,
   GoogleScopeExpansionRequiredError,
   GoogleTokenExpiredError,
@@ -23,6 +25,8 @@ import {
   type TokenStoreClientOptions,
   TokenStoreForbiddenError,
   TokenStoreInvalidRequestError,
+  type WebhookDelivery,
+  type WebhookDeliveryState,
   TokenStoreProviderUnavailableError,
   TokenStoreReauthorizationRequiredError,
   TokenStoreScopeExpansionRequiredError,
@@ -33,12 +37,14 @@ import {
 import { GoogleAuthClient, GoogleAuthClientLive } from "./examples/google-auth-client.js"
 import { type FakeProvider, startFakeProvider } from "./support/fake-provider.js"
 import { type Service, startService } from "./support/service.js"
+import { startWebhookReceiver, type WebhookReceiver } from "./support/webhook-receiver.js"
 
 const CLIENT_ID = "ts-client-test.apps.googleusercontent.com"
 const CLIENT_SECRET = `client-secret-${randomBytes(12).toString("hex")}`
 
 let provider: FakeProvider
 let service: Service
+let receiver: WebhookReceiver
 
 /** Every request the clients sent, in order (the HttpClient under the client, not a mock of the service). */
 const sent: Array<HttpClientRequest.HttpClientRequest> = []
@@ -85,15 +91,64 @@ const sentTo = (suffix: string) => sent.filter((r) => r.url.endsWith(suffix))
 
 const refreshTokenOf = (token: StoredToken) => Option.getOrThrow(token.refreshToken)
 
+/** The raw JSON text of a GET, to check what the service sent (the schemas drop unknown fields). */
+const rawGet = async (path: string, key = service.fullKey): Promise<string> => {
+  const response = await fetch(`${service.baseUrl}${path}`, { headers: { authorization: `Bearer ${key}` } })
+  assert.equal(response.status, 200, path)
+  return response.text()
+}
+
+const grantOf = (grants: ReadonlyArray<GrantHealth>, user: string, providerName = "google"): GrantHealth => {
+  const grant = grants.find((g) => g.userId === user && g.provider === providerName)
+  assert.ok(grant !== undefined, `no grant of ${user}/${providerName} in ${grants.length}`)
+  return grant
+}
+
+/** Every grant in the state (all of them if none), page by page. */
+const allGrants = (state?: GrantHealthState, limit = 1000) =>
+  Effect.gen(function*() {
+    const client = yield* TokenStoreClient
+    const grants: Array<GrantHealth> = []
+    let cursor: string | undefined
+    for (let pages = 1;; pages++) {
+      const page = yield* client.listGrants({ state, cursor, limit })
+      grants.push(...page.grants)
+      if (Option.isNone(page.nextCursor)) return { grants, pages }
+      assert.equal(page.grants.length, limit, "a page with a next one is full")
+      cursor = page.nextCursor.value
+    }
+  })
+
+/** Every delivery in the state, page by page. */
+const allDeliveries = (state: WebhookDeliveryState) =>
+  Effect.gen(function*() {
+    const client = yield* TokenStoreClient
+    const deliveries: Array<WebhookDelivery> = []
+    let cursor: string | undefined
+    for (;;) {
+      const page = yield* client.listWebhookDeliveries({ state, cursor, limit: 1000 })
+      deliveries.push(...page.deliveries)
+      if (Option.isNone(page.nextCursor)) return deliveries
+      cursor = page.nextCursor.value
+    }
+  })
+
 describe("TypeScript client against the real token-store", { timeout: 90_000 }, () => {
   before(async () => {
     provider = await startFakeProvider(CLIENT_ID, CLIENT_SECRET)
-    service = await startService({ providerBaseUrl: provider.baseUrl, clientId: CLIENT_ID, clientSecret: CLIENT_SECRET })
+    receiver = await startWebhookReceiver()
+    service = await startService({
+      providerBaseUrl: provider.baseUrl,
+      clientId: CLIENT_ID,
+      clientSecret: CLIENT_SECRET,
+      webhooks: { app: `${receiver.baseUrl}/ok`, broken: `${receiver.baseUrl}/broken` }
+    })
   })
 
   after(async () => {
     await service?.stop()
     await provider?.close()
+    await receiver?.close()
   })
 
   afterEach(() => provider.reset())
@@ -399,6 +454,182 @@ describe("TypeScript client against the real token-store", { timeout: 90_000 }, 
       Effect.flatMap(GoogleAuthClient, (google) => google.getValidToken(user, ["openid"])).pipe(Effect.provide(wrong))
     )
     assert.ok(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+  })
+
+  it("listUserGrants: a user's grants with health and scopes, never a token (read permission)", async () => {
+    const user = userId("health")
+    const token = storedToken({ scopes: ["openid", "email"], expiresAt: inSeconds(3600) })
+    const other = storedToken({ provider: "microsoft", scopes: ["offline_access"] })
+    await run(Effect.gen(function*() {
+      yield* store(user, token)
+      yield* (yield* TokenStoreClient).putToken(user, "microsoft", other)
+    }))
+
+    const { grants } = await run(
+      Effect.flatMap(TokenStoreClient, (c) => c.listUserGrants(user)),
+      appLayer(service.readOnlyKey)
+    )
+    assert.deepEqual(grants.map((g) => g.provider).sort(), ["google", "microsoft"])
+    const google = grantOf(grants, user)
+    assert.equal(google.state, "active")
+    assert.deepEqual([...google.scopes].sort(), ["email", "openid"])
+    assert.equal(google.expiresAt, token.expiresAt)
+    assert.ok(Option.isNone(google.reason))
+    assert.ok(Option.isNone(google.consecutiveFailures))
+    assert.ok(Option.isNone(google.lastErrorCode))
+    assert.ok(Option.isNone(google.nextRetryAt))
+    assert.ok(Option.isNone(google.lastRefreshedAt), "never refreshed")
+    assert.ok(!("accessToken" in google) && !("refreshToken" in google))
+    assert.deepEqual(grantOf(grants, user, "microsoft").scopes, ["offline_access"])
+
+    // What the service sent, even to a key with read_refresh_token: no token at all.
+    const raw = await rawGet(`/v1/users/${user}/tokens`)
+    for (const secret of [token.accessToken, refreshTokenOf(token), other.accessToken, refreshTokenOf(other)]) {
+      assert.ok(!raw.includes(secret), "a token in the answer")
+    }
+    assert.ok(!/accessToken|refreshToken/.test(raw), raw)
+
+    const none = await run(Effect.flatMap(TokenStoreClient, (c) => c.listUserGrants(userId("nobody"))))
+    assert.deepEqual(none, { grants: [] })
+  })
+
+  it("listUserGrants reports a degraded grant (transient failure) and a dead one with its reason", async () => {
+    // Valid for an hour: the keeper leaves them alone; the forced refreshes fail.
+    const degradedUser = userId("degraded")
+    await run(store(degradedUser, storedToken()))
+    provider.failNext("503")
+    const unavailable = await failure(Effect.flatMap(TokenStoreClient, (c) => c.refresh(degradedUser, "google")))
+    assert.ok(unavailable instanceof TokenStoreProviderUnavailableError, String(unavailable))
+    const degraded = grantOf(
+      (await run(Effect.flatMap(TokenStoreClient, (c) => c.listUserGrants(degradedUser)))).grants,
+      degradedUser
+    )
+    assert.equal(degraded.state, "degraded")
+    assert.deepEqual(degraded.consecutiveFailures, Option.some(1))
+    assert.deepEqual(degraded.lastErrorCode, Option.some("http_503"))
+    assert.ok(Option.isSome(degraded.nextRetryAt) && degraded.nextRetryAt.value > Date.now() - 60_000)
+    assert.ok(Option.isNone(degraded.reason))
+
+    const deadUser = userId("gone")
+    await run(store(deadUser, storedToken()))
+    provider.failNext("invalid_grant")
+    const reauth = await failure(Effect.flatMap(TokenStoreClient, (c) => c.refresh(deadUser, "google")))
+    assert.ok(reauth instanceof TokenStoreReauthorizationRequiredError, String(reauth))
+    const dead = grantOf((await run(Effect.flatMap(TokenStoreClient, (c) => c.listUserGrants(deadUser)))).grants, deadUser)
+    assert.equal(dead.state, "reauthorization_required")
+    assert.deepEqual(dead.reason, Option.some("invalid_grant"))
+    assert.ok(Option.isNone(dead.consecutiveFailures))
+    assert.ok(Option.isNone(dead.nextRefreshAt), "a dead grant is not refreshed")
+  })
+
+  it("listGrants (inspect): filters by state and provider, pages with nextCursor, 422 on a bad query", async () => {
+    const user = userId("inspected")
+    const token = storedToken()
+    await run(store(user, token))
+    const deadUser = userId("inspected-dead")
+    await run(store(deadUser, storedToken()))
+    provider.failNext("invalid_grant")
+    await failure(Effect.flatMap(TokenStoreClient, (c) => c.refresh(deadUser, "google")))
+
+    const dead = await run(Effect.flatMap(TokenStoreClient, (c) =>
+      c.listGrants({ state: "reauthorization_required", provider: "google", limit: 1000 })))
+    assert.ok(Option.isNone(dead.nextCursor))
+    assert.ok(dead.grants.every((g) => g.state === "reauthorization_required" && g.provider === "google"))
+    assert.deepEqual(grantOf(dead.grants, deadUser).reason, Option.some("invalid_grant"))
+    assert.ok(!dead.grants.some((g) => g.userId === user))
+    const active = await run(allGrants("active"))
+    assert.equal(grantOf(active.grants, user).expiresAt, token.expiresAt)
+    assert.ok(!active.grants.some((g) => g.userId === deadUser))
+
+    // Page by page (2 a page) gives every grant once, as one page of 1000 does.
+    const { grants: everyGrant } = await run(allGrants(undefined, 1000))
+    const paged = await run(allGrants(undefined, 2))
+    const keys = paged.grants.map((g) => `${g.userId}/${g.provider}`)
+    assert.equal(new Set(keys).size, keys.length, "no grant twice")
+    assert.deepEqual(keys, everyGrant.map((g) => `${g.userId}/${g.provider}`))
+    assert.ok(paged.pages >= 2, `${paged.pages} pages`)
+    assert.ok(keys.includes(`${user}/google`) && keys.includes(`${deadUser}/google`))
+    const raw = await rawGet("/v1/grants?limit=1000")
+    assert.ok(!raw.includes(token.accessToken) && !raw.includes(refreshTokenOf(token)), "a token in the answer")
+
+    for (
+      const options of [
+        { limit: 0 },
+        { limit: 1001 },
+        { cursor: "not-a-cursor!" },
+        { provider: "Not A Provider" },
+        { state: "zombie" as GrantHealthState }
+      ]
+    ) {
+      const error = await failure(Effect.flatMap(TokenStoreClient, (c) => c.listGrants(options)))
+      assert.ok(error instanceof TokenStoreInvalidRequestError, `${JSON.stringify(options)}: ${String(error)}`)
+      assert.equal(error.status, 422)
+    }
+  })
+
+  it("listGrants and listWebhookDeliveries need inspect: a read key is TokenStoreForbiddenError", async () => {
+    const grants = await failure(
+      Effect.flatMap(TokenStoreClient, (c) => c.listGrants()),
+      appLayer(service.readOnlyKey)
+    )
+    assert.ok(grants instanceof TokenStoreForbiddenError, String(grants))
+    assert.equal(grants.status, 403)
+    const deliveries = await failure(
+      Effect.flatMap(TokenStoreClient, (c) => c.listWebhookDeliveries({ state: "failed" })),
+      appLayer(service.readOnlyKey)
+    )
+    assert.ok(deliveries instanceof TokenStoreForbiddenError, String(deliveries))
+    assert.equal(deliveries.status, 403)
+  })
+
+  it("listWebhookDeliveries (inspect): a grant event delivered to one endpoint and failed at the other", async () => {
+    const user = userId("hooked")
+    await run(store(user, storedToken()))
+    // One attempt per delivery (test/support/service.ts): the 500 of /broken fails it for good.
+    const find = (deliveries: ReadonlyArray<WebhookDelivery>, endpoint: string) =>
+      deliveries.find((d) => d.userId === user && d.endpoint === endpoint && d.type === "grant.connected")
+    let delivered: WebhookDelivery | undefined
+    let failed: WebhookDelivery | undefined
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline;) {
+      delivered ??= find(await run(allDeliveries("delivered")), "app")
+      failed ??= find(await run(allDeliveries("failed")), "broken")
+      if (delivered !== undefined && failed !== undefined) break
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    assert.ok(delivered !== undefined, "the grant.connected delivery to app was not delivered")
+    assert.ok(failed !== undefined, "the grant.connected delivery to broken was not failed")
+
+    assert.equal(delivered.state, "delivered")
+    assert.equal(delivered.provider, "google")
+    assert.equal(delivered.attempts, 1)
+    assert.ok(Option.isNone(delivered.lastError))
+    assert.ok(Option.isSome(delivered.deliveredAt) && !Number.isNaN(Date.parse(delivered.deliveredAt.value)))
+    assert.ok(!Number.isNaN(Date.parse(delivered.createdAt)), delivered.createdAt)
+    assert.ok(receiver.received.some((r) => r.path === "/ok" && r.webhookId === delivered?.eventId))
+
+    assert.equal(failed.state, "failed")
+    assert.equal(failed.eventId, delivered.eventId, "one event, one delivery per endpoint")
+    assert.equal(failed.attempts, 1)
+    assert.deepEqual(failed.lastError, Option.some("http_500"))
+    assert.ok(Option.isNone(failed.deliveredAt))
+
+    // Paging: a page of one points to the next delivery.
+    const first = await run(Effect.flatMap(TokenStoreClient, (c) => c.listWebhookDeliveries({ limit: 1 })))
+    assert.equal(first.deliveries.length, 1)
+    assert.ok(Option.isSome(first.nextCursor))
+    const second = await run(Effect.flatMap(TokenStoreClient, (c) =>
+      c.listWebhookDeliveries({ limit: 1, cursor: Option.getOrThrow(first.nextCursor) })))
+    assert.equal(second.deliveries.length, 1)
+    assert.notDeepEqual(
+      [second.deliveries[0]?.eventId, second.deliveries[0]?.endpoint],
+      [first.deliveries[0]?.eventId, first.deliveries[0]?.endpoint]
+    )
+    const onlyFailed = await run(allDeliveries("failed"))
+    assert.ok(onlyFailed.length > 0 && onlyFailed.every((d) => d.state === "failed"))
+
+    const bad = await failure(Effect.flatMap(TokenStoreClient, (c) => c.listWebhookDeliveries({ limit: 0 })))
+    assert.ok(bad instanceof TokenStoreInvalidRequestError, String(bad))
+    assert.equal(bad.status, 422)
   })
 
   it("the API key never appears in formatted errors, requests, logs or the service's output", async () => {

@@ -4,7 +4,7 @@
  * (Everything that needs the real service is tested against it in integration.test.ts.)
  */
 import { FetchHttpClient, HttpClient, HttpClientResponse } from "@effect/platform"
-import { ConfigProvider, Effect, Exit, Layer, Redacted } from "effect"
+import { ConfigProvider, Effect, Exit, Layer, Option, Redacted } from "effect"
 import assert from "node:assert/strict"
 import { describe, it } from "node:test"
 import {
@@ -15,6 +15,9 @@ import {
   problemClasses,
   TokenStoreClient,
   TokenStoreDecodeError,
+  type TokenStoreError,
+  TokenStoreForbiddenError,
+  TokenStoreInvalidRequestError,
   TokenStoreProviderMisconfiguredError,
   TokenStoreProviderUnavailableError,
   TokenStoreScopeExpansionRequiredError
@@ -144,6 +147,211 @@ describe("provider_misconfigured answers", () => {
     assert.equal(error.provider, "google")
     assert.equal(error.detail, misconfigured.detail)
     assert.ok(error.message.includes("provider_misconfigured"), error.message)
+  })
+})
+
+/**
+ * A `TokenStoreClient` whose every request gets this JSON body with a 200 (no network);
+ * `requests` holds `METHOD url` of each request sent, `authorization` its header.
+ */
+const serving = (body: unknown) => {
+  const requests: Array<string> = []
+  const authorization: Array<string | undefined> = []
+  const http = HttpClient.make((request) => {
+    requests.push(`${request.method} ${request.url}`)
+    authorization.push(request.headers["authorization"])
+    return Effect.succeed(HttpClientResponse.fromWeb(
+      request,
+      new Response(JSON.stringify(body), {
+        status: 200,
+        headers: { "content-type": "application/json", "x-request-id": "req-7" }
+      })
+    ))
+  })
+  const layer = TokenStoreClient.layer({ baseUrl: "http://token-store.test", apiKey: Redacted.make("k") }).pipe(
+    Layer.provide(Layer.succeed(HttpClient.HttpClient, http))
+  )
+  return { requests, authorization, layer }
+}
+
+const withClient = <A, E>(
+  layer: Layer.Layer<TokenStoreClient>,
+  f: (client: TokenStoreClient["Type"]) => Effect.Effect<A, E>
+): Promise<A> => Effect.runPromise(Effect.flatMap(TokenStoreClient, f).pipe(Effect.provide(layer)))
+
+/** As the service sends them: the fields that do not apply are left out; the two schedule times are null. */
+const degradedGrant = {
+  userId: "alice",
+  provider: "google",
+  state: "degraded",
+  consecutiveFailures: 3,
+  lastErrorCode: "http_503",
+  nextRetryAt: 1_767_225_600_000,
+  scopes: ["openid", "email"],
+  expiresAt: 1_767_229_200_000,
+  lastRefreshedAt: 1_767_222_000_000,
+  nextRefreshAt: null
+}
+const deadGrant = {
+  userId: "alice",
+  provider: "microsoft",
+  state: "reauthorization_required",
+  reason: "invalid_grant",
+  scopes: ["offline_access"],
+  expiresAt: 1_767_200_000_000,
+  lastRefreshedAt: null,
+  nextRefreshAt: null
+}
+const activeGrant = {
+  userId: "bob",
+  provider: "google",
+  state: "active",
+  scopes: [],
+  expiresAt: 1_767_229_200_000,
+  lastRefreshedAt: null,
+  nextRefreshAt: 1_767_228_600_000
+}
+
+describe("grant health (lifecycle routes)", () => {
+  it("listUserGrants decodes a degraded grant and a dead grant with its reason", async () => {
+    const { requests, authorization, layer } = serving({ grants: [degradedGrant, deadGrant] })
+    const { grants } = await withClient(layer, (c) => c.listUserGrants("alice+1@tenant:42"))
+    assert.deepEqual(requests, ["GET http://token-store.test/v1/users/alice%2B1%40tenant%3A42/tokens"])
+    assert.deepEqual(authorization, ["Bearer k"])
+    assert.equal(grants.length, 2)
+
+    const [degraded, dead] = grants
+    assert.ok(degraded !== undefined && dead !== undefined)
+    assert.equal(degraded.state, "degraded")
+    assert.equal(degraded.userId, "alice")
+    assert.equal(degraded.provider, "google")
+    assert.deepEqual(degraded.consecutiveFailures, Option.some(3))
+    assert.deepEqual(degraded.lastErrorCode, Option.some("http_503"))
+    assert.deepEqual(degraded.nextRetryAt, Option.some(1_767_225_600_000))
+    assert.deepEqual(degraded.reason, Option.none())
+    assert.deepEqual(degraded.scopes, ["openid", "email"])
+    assert.equal(degraded.expiresAt, 1_767_229_200_000)
+    assert.deepEqual(degraded.lastRefreshedAt, Option.some(1_767_222_000_000))
+    assert.deepEqual(degraded.nextRefreshAt, Option.none())
+
+    assert.equal(dead.state, "reauthorization_required")
+    assert.deepEqual(dead.reason, Option.some("invalid_grant"))
+    assert.deepEqual(dead.consecutiveFailures, Option.none())
+    assert.deepEqual(dead.lastErrorCode, Option.none())
+    assert.deepEqual(dead.nextRetryAt, Option.none())
+    assert.deepEqual(dead.lastRefreshedAt, Option.none())
+    assert.equal(dead.expiresAt, 1_767_200_000_000)
+  })
+
+  it("listUserGrants: no grants is an empty list; a bad userId is refused before sending", async () => {
+    const { requests, layer } = serving({ grants: [] })
+    assert.deepEqual(await withClient(layer, (c) => c.listUserGrants("nobody")), { grants: [] })
+    const error = await withClient(layer, (c) => Effect.flip(c.listUserGrants("..")))
+    assert.ok(error instanceof TokenStoreInvalidRequestError, String(error))
+    assert.equal(error.status, 422)
+    assert.equal(requests.length, 1, "nothing sent for \"..\"")
+  })
+
+  it("listGrants sends only the options given, encoded, and decodes nextCursor (string or null)", async () => {
+    const { requests, layer } = serving({ grants: [activeGrant], nextCursor: "Ym9iL2dvb2dsZQ" })
+    const page = await withClient(layer, (c) =>
+      c.listGrants({ state: "reauthorization_required", provider: "google", cursor: "a/b+c=", limit: 50 }))
+    assert.deepEqual(page.nextCursor, Option.some("Ym9iL2dvb2dsZQ"))
+    assert.equal(page.grants[0]?.state, "active")
+    assert.deepEqual(page.grants[0]?.nextRefreshAt, Option.some(1_767_228_600_000))
+    await withClient(layer, (c) => c.listGrants())
+    await withClient(layer, (c) => c.listGrants({ limit: 1, state: undefined }))
+    assert.deepEqual(requests, [
+      "GET http://token-store.test/v1/grants?state=reauthorization_required&provider=google&cursor=a%2Fb%2Bc%3D&limit=50",
+      "GET http://token-store.test/v1/grants",
+      "GET http://token-store.test/v1/grants?limit=1"
+    ])
+
+    const last = serving({ grants: [], nextCursor: null })
+    const lastPage = await withClient(last.layer, (c) => c.listGrants({ cursor: "Ym9iL2dvb2dsZQ" }))
+    assert.deepEqual(lastPage.grants, [])
+    assert.ok(Option.isNone(lastPage.nextCursor), "null is the last page")
+  })
+
+  it("listWebhookDeliveries decodes deliveries and builds its query", async () => {
+    const { requests, layer } = serving({
+      deliveries: [
+        {
+          eventId: "evt_1",
+          type: "grant.reauthorization_required",
+          userId: "alice",
+          provider: "google",
+          createdAt: "2026-01-01T00:00:00Z",
+          endpoint: "app",
+          state: "failed",
+          attempts: 12,
+          lastError: "http_500",
+          deliveredAt: null
+        },
+        {
+          eventId: "evt_2",
+          type: "grant.connected",
+          userId: "bob",
+          provider: "google",
+          createdAt: "2026-01-01T00:00:01Z",
+          endpoint: "app",
+          state: "delivered",
+          attempts: 1,
+          lastError: null,
+          deliveredAt: "2026-01-01T00:00:02Z"
+        }
+      ],
+      nextCursor: null
+    })
+    const page = await withClient(layer, (c) => c.listWebhookDeliveries({ state: "failed", cursor: "MTIvYXBw", limit: 2 }))
+    await withClient(layer, (c) => c.listWebhookDeliveries())
+    assert.deepEqual(requests, [
+      "GET http://token-store.test/v1/webhook-deliveries?state=failed&cursor=MTIvYXBw&limit=2",
+      "GET http://token-store.test/v1/webhook-deliveries"
+    ])
+    assert.ok(Option.isNone(page.nextCursor))
+    const [failed, delivered] = page.deliveries
+    assert.ok(failed !== undefined && delivered !== undefined)
+    assert.equal(failed.type, "grant.reauthorization_required")
+    assert.equal(failed.state, "failed")
+    assert.equal(failed.attempts, 12)
+    assert.deepEqual(failed.lastError, Option.some("http_500"))
+    assert.deepEqual(failed.deliveredAt, Option.none())
+    assert.equal(delivered.createdAt, "2026-01-01T00:00:01Z")
+    assert.deepEqual(delivered.lastError, Option.none())
+    assert.deepEqual(delivered.deliveredAt, Option.some("2026-01-01T00:00:02Z"))
+  })
+
+  it("a body that is not the contract's is a TokenStoreDecodeError naming the field, not its value", async () => {
+    const { layer } = serving({ grants: [{ ...degradedGrant, state: "zombie-state" }], nextCursor: null })
+    const error = await withClient(layer, (c) => Effect.flip(c.listGrants()))
+    assert.ok(error instanceof TokenStoreDecodeError, String(error))
+    assert.ok(error.detail.includes("grants.0.state"), error.detail)
+    assert.ok(!error.detail.includes("zombie"), error.detail)
+  })
+
+  it("a 403 forbidden (key without inspect) is TokenStoreForbiddenError, not retried", async () => {
+    const forbidden = {
+      type: "urn:token-store:problem:forbidden",
+      title: "Forbidden",
+      status: 403,
+      code: "forbidden",
+      detail: "this API key lacks the permission for this operation"
+    }
+    const calls: Array<(c: TokenStoreClient["Type"]) => Effect.Effect<unknown, TokenStoreError>> = [
+      (c) => c.listGrants({ limit: 10 }),
+      (c) => c.listWebhookDeliveries()
+    ]
+    for (const call of calls) {
+      const { requests, layer } = answering(403, forbidden)
+      const error = await withClient(layer, (c) => Effect.flip(call(c)))
+      assert.ok(error instanceof TokenStoreForbiddenError, String(error))
+      assert.equal(error.status, 403)
+      assert.equal(error.code, "forbidden")
+      assert.equal(error.requestId, "req-9")
+      assert.equal(error.detail, forbidden.detail)
+      assert.equal(requests.length, 1)
+    }
   })
 })
 

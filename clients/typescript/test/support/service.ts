@@ -1,8 +1,10 @@
 /**
  * Starts the real `token-store serve` for the tests, with a generated configuration: a
- * free port, the test database, LocalStack KMS, the fake provider as `google`, and two
- * clients (every permission; read only). scripts/ts-client-test.sh provides the binary,
- * the migrated database and the KMS endpoint through the environment.
+ * free port, the test database, LocalStack KMS, the fake provider as `google`, two
+ * clients (every permission, `inspect` included; read only) and, if given, webhook
+ * endpoints (one attempt per delivery, so one that fails is `failed` at once).
+ * scripts/ts-client-test.sh provides the binary, the migrated database and the KMS endpoint
+ * through the environment.
  */
 import { type ChildProcess, spawn } from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
@@ -13,7 +15,7 @@ import { join } from "node:path"
 
 export interface Service {
   readonly baseUrl: string
-  /** Every permission. */
+  /** Every permission (`inspect` included). */
   readonly fullKey: string
   /** Only `read`. */
   readonly readOnlyKey: string
@@ -54,6 +56,25 @@ export interface ServiceOptions {
   readonly providerBaseUrl: string
   readonly clientId: string
   readonly clientSecret: string
+  /** Webhook endpoints of grant events: name → URL. */
+  readonly webhooks?: Readonly<Record<string, string>> | undefined
+}
+
+const webhooksToml = (endpoints: Readonly<Record<string, string>> | undefined): string => {
+  if (endpoints === undefined || Object.keys(endpoints).length === 0) return ""
+  const sections = Object.entries(endpoints).map(([name, url]) =>
+    `
+[webhooks.endpoints.${name}]
+url = ${toml(url)}
+secret = ${toml(`whsec_${randomBytes(24).toString("base64")}`)}
+`
+  )
+  return `
+[webhooks]
+max_attempts = 1
+timeout_ms = 2000
+interval_ms = 200
+${sections.join("")}`
 }
 
 export const startService = async (options: ServiceOptions): Promise<Service> => {
@@ -95,13 +116,13 @@ revoke_endpoint = ${toml(`${options.providerBaseUrl}/revoke`)}
 [[clients]]
 name = "ts-client-test"
 key_sha256 = ${toml(sha256(fullKey))}
-permissions = ["read", "write", "refresh", "revoke", "read_refresh_token"]
+permissions = ["read", "write", "refresh", "revoke", "read_refresh_token", "inspect"]
 
 [[clients]]
 name = "ts-client-test-read-only"
 key_sha256 = ${toml(sha256(readOnlyKey))}
 permissions = ["read"]
-`
+${webhooksToml(options.webhooks)}`
   )
 
   // The binary takes every TOKEN_STORE_<SECTION>__* variable as configuration: none of the
