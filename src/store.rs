@@ -578,7 +578,7 @@ pub async fn list_grants(
     db: impl PgExecutor<'_>,
     state: Option<&str>,
     provider: Option<&str>,
-    after: Option<&GrantKey>,
+    after: Option<(&str, &str)>,
     limit: i64,
 ) -> sqlx::Result<Vec<GrantSummaryRow>> {
     sqlx::query_as(
@@ -599,8 +599,8 @@ pub async fn list_grants(
     )
     .bind(state)
     .bind(provider)
-    .bind(after.map(|g| g.user.as_str()))
-    .bind(after.map(|g| g.provider.as_str()))
+    .bind(after.map(|(user, _)| user))
+    .bind(after.map(|(_, provider)| provider))
     .bind(limit)
     .fetch_all(db)
     .await

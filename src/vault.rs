@@ -380,13 +380,13 @@ impl Vault {
         rows.into_iter().map(summary).collect()
     }
 
-    /// A page of every grant by `(user, provider)` after `after`, filtered by health state
+    /// A page of every grant by `(user, provider)` after the position `after`, filtered by health state
     /// (`active`, `degraded`, `reauthorization_required`) and provider.
     pub async fn list_grants(
         &self,
         state: Option<&str>,
         provider: Option<&ProviderName>,
-        after: Option<&GrantKey>,
+        after: Option<(&str, &str)>,
         limit: u32,
     ) -> Result<Vec<GrantSummary>, VaultError> {
         let rows = store::list_grants(

@@ -4,7 +4,6 @@
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +14,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{Caller, UserParams, UserPath};
 use super::AppState;
 use crate::auth::Permission;
-use crate::domain::{GrantHealth, GrantKey, GrantSummary, InvalidInput, ProviderName, UserId};
+use crate::domain::{GrantHealth, GrantSummary, InvalidInput, ProviderName};
 use crate::events::timestamp;
 use crate::store::DeliveryRow;
 use crate::vault::to_millis;
@@ -163,8 +162,9 @@ pub struct GrantsQuery {
     /// Only grants of this provider.
     #[param(min_length = 1, max_length = 32, pattern = r"^[a-z][a-z0-9_-]{0,31}$")]
     provider: Option<String>,
-    /// Where the page starts: the previous page's `nextCursor`.
-    #[param(min_length = 1, max_length = 256)]
+    /// Where the page starts: the previous page's `nextCursor` (the page holds the grants
+    /// after it in `(userId, provider)` order).
+    #[param(min_length = 1, max_length = 256, pattern = r"^[\x20-\x7E]+$")]
     cursor: Option<String>,
     /// Most grants on the page (1 to 1000; default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -207,13 +207,15 @@ async fn list_grants(
         .as_deref()
         .map(ProviderName::parse)
         .transpose()?;
-    let after = query.cursor.as_deref().map(grant_cursor).transpose()?;
+    let after = query.cursor.as_deref().map(grant_position).transpose()?;
     let grants = state
         .vault
         .list_grants(
             query.state.map(HealthState::as_str),
             provider.as_ref(),
-            after.as_ref(),
+            after
+                .as_ref()
+                .map(|(user, provider)| (user.as_str(), provider.as_str())),
             limit,
         )
         .await?;
@@ -221,7 +223,7 @@ async fn list_grants(
         .then(|| {
             grants
                 .last()
-                .map(|g| encode_cursor(&format!("{}/{}", g.grant.user, g.grant.provider)))
+                .map(|g| format!("{}/{}", g.grant.user, g.grant.provider))
         })
         .flatten();
     Ok(axum::Json(GrantsPageBody {
@@ -237,8 +239,13 @@ async fn list_grants(
 pub struct DeliveriesQuery {
     /// Only deliveries in this state.
     state: Option<DeliveryState>,
-    /// Where the page starts: the previous page's `nextCursor`.
-    #[param(min_length = 1, max_length = 256)]
+    /// Where the page starts: the previous page's `nextCursor` (the page holds the
+    /// deliveries after it).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[0-9]{1,18}/[\x20-\x7E]*$"
+    )]
     cursor: Option<String>,
     /// Most deliveries on the page (1 to 1000; default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -281,7 +288,7 @@ pub struct DeliveryBody {
     created_at: String,
     /// The endpoint's name in the configuration.
     endpoint: String,
-    state: String,
+    state: DeliveryState,
     attempts: i32,
     /// The last failed attempt's reason (`http_500`, `timeout`, `connect`, ...).
     last_error: Option<String>,
@@ -298,7 +305,11 @@ impl From<DeliveryRow> for DeliveryBody {
             provider: row.grant.provider.as_str().to_owned(),
             created_at: timestamp(row.created_at),
             endpoint: row.endpoint,
-            state: row.state,
+            state: match row.state.as_str() {
+                "delivered" => DeliveryState::Delivered,
+                "failed" => DeliveryState::Failed,
+                _ => DeliveryState::Pending,
+            },
             attempts: row.attempts,
             last_error: row.last_error,
             delivered_at: row.delivered_at.map(timestamp),
@@ -337,7 +348,7 @@ async fn list_deliveries(
     caller.require(Permission::Inspect)?;
     let Query(query) = query.map_err(|_| invalid("a query parameter is unknown or malformed"))?;
     let limit = page_size(query.limit)?;
-    let after = query.cursor.as_deref().map(delivery_cursor).transpose()?;
+    let after = query.cursor.as_deref().map(delivery_position).transpose()?;
     let rows = state
         .vault
         .list_deliveries(
@@ -349,10 +360,7 @@ async fn list_deliveries(
         )
         .await?;
     let next_cursor = (rows.len() == limit as usize)
-        .then(|| {
-            rows.last()
-                .map(|r| encode_cursor(&format!("{}/{}", r.id, r.endpoint)))
-        })
+        .then(|| rows.last().map(|r| format!("{}/{}", r.id, r.endpoint)))
         .flatten();
     Ok(axum::Json(DeliveriesPageBody {
         deliveries: rows.into_iter().map(Into::into).collect(),
@@ -371,36 +379,24 @@ fn page_size(limit: Option<u32>) -> Result<u32, ApiError> {
     }
 }
 
-/// Cursors are opaque to callers: base64url of where the previous page ended.
-fn encode_cursor(position: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(position)
+/// A page's start: where the previous page ended, `userId/provider` (user ids hold no
+/// `/`). Any printable text is a position in that order, so any is accepted.
+fn grant_position(cursor: &str) -> Result<(String, String), ApiError> {
+    let printable = cursor.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if cursor.is_empty() || cursor.len() > 256 || !printable {
+        return Err(invalid(
+            "cursor must be 1 to 256 printable ASCII characters",
+        ));
+    }
+    let (user, provider) = cursor.rsplit_once('/').unwrap_or((cursor, ""));
+    Ok((user.to_owned(), provider.to_owned()))
 }
 
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| invalid("cursor is not one this service gave"))
-}
-
-fn grant_cursor(cursor: &str) -> Result<GrantKey, ApiError> {
-    let position = decode_cursor(cursor)?;
-    // User ids never hold a `/`: the last one separates the provider.
-    let (user, provider) = position
-        .rsplit_once('/')
-        .ok_or_else(|| invalid("cursor is not one this service gave"))?;
-    let bad = |_| invalid("cursor is not one this service gave");
-    Ok(GrantKey::new(
-        UserId::parse(user).map_err(bad)?,
-        ProviderName::parse(provider).map_err(bad)?,
-    ))
-}
-
-fn delivery_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
-    let position = decode_cursor(cursor)?;
-    position
+/// A page's start: the last delivery's `eventNumber/endpoint`.
+fn delivery_position(cursor: &str) -> Result<(i64, String), ApiError> {
+    cursor
         .split_once('/')
+        .filter(|(_, endpoint)| endpoint.bytes().all(|b| (0x20..0x7f).contains(&b)))
         .and_then(|(id, endpoint)| Some((id.parse().ok()?, endpoint.to_owned())))
-        .ok_or_else(|| invalid("cursor is not one this service gave"))
+        .ok_or_else(|| invalid("cursor is not a position this service gave"))
 }

@@ -105,14 +105,16 @@ export interface ListGrantsOptions {
   readonly limit?: number | undefined
 }
 
-/** The state of a webhook delivery (the `state` filter of `GET /v1/webhook-deliveries`). */
+/**
+ * The state of a webhook delivery: `pending` (tried again after a backoff), `delivered`,
+ * `failed` (given up after the configured number of attempts).
+ */
 export const WebhookDeliveryState = Schema.Literal("pending", "delivered", "failed")
 export type WebhookDeliveryState = typeof WebhookDeliveryState.Type
 
 /**
  * One grant event's delivery to one webhook endpoint. `createdAt` and `deliveredAt` are
- * RFC 3339 texts (not milliseconds), as the service sends them; `state` is `pending`,
- * `delivered` or `failed` (a string in the contract, so a newer state still decodes).
+ * RFC 3339 texts (not milliseconds), as the service sends them.
  */
 export const WebhookDelivery = Schema.Struct({
   /** The event's `webhook-id`. */
@@ -125,7 +127,7 @@ export const WebhookDelivery = Schema.Struct({
   createdAt: Schema.String,
   /** The endpoint's name in the service's configuration. */
   endpoint: Schema.String,
-  state: Schema.String,
+  state: WebhookDeliveryState,
   attempts: Schema.Number,
   /** The last failed attempt's reason (`http_500`, `timeout`, `connect`, …). */
   lastError: Schema.optionalWith(Schema.String, { as: "Option", nullable: true }),

@@ -328,6 +328,24 @@ describe("grant health (lifecycle routes)", () => {
     assert.ok(error instanceof TokenStoreDecodeError, String(error))
     assert.ok(error.detail.includes("grants.0.state"), error.detail)
     assert.ok(!error.detail.includes("zombie"), error.detail)
+
+    const delivery = {
+      eventId: "evt_1",
+      type: "grant.connected",
+      userId: "alice",
+      provider: "google",
+      createdAt: "2026-01-01T00:00:00Z",
+      endpoint: "app",
+      state: "zombie-state",
+      attempts: 1,
+      lastError: null,
+      deliveredAt: null
+    }
+    const deliveries = serving({ deliveries: [delivery], nextCursor: null })
+    const bad = await withClient(deliveries.layer, (c) => Effect.flip(c.listWebhookDeliveries()))
+    assert.ok(bad instanceof TokenStoreDecodeError, String(bad))
+    assert.ok(bad.detail.includes("deliveries.0.state"), bad.detail)
+    assert.ok(!bad.detail.includes("zombie"), bad.detail)
   })
 
   it("a 403 forbidden (key without inspect) is TokenStoreForbiddenError, not retried", async () => {

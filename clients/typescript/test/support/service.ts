@@ -1,6 +1,7 @@
 /**
  * Starts the real `token-store serve` for the tests, with a generated configuration: a
- * free port, the test database, LocalStack KMS, the fake provider as `google`, two
+ * free port, the test database, LocalStack KMS, the fake provider as `google`, no
+ * background refreshes (the keeper looks for due grants only at start), two
  * clients (every permission, `inspect` included; read only) and, if given, webhook
  * endpoints (one attempt per delivery, so one that fails is `failed` at once).
  * scripts/ts-client-test.sh provides the binary, the migrated database and the KMS endpoint
@@ -106,6 +107,12 @@ cooldown_base_seconds = 1
 cooldown_max_seconds = 2
 provider_timeout_ms = 3000
 lock_timeout_ms = 5000
+
+# The keeper keeps its schedule (nextRefreshAt) but looks for due grants only at start, on
+# an empty database: a refresh in the background would take the fake provider's answers
+# queued by a test (failNext) for the test's own call.
+[keeper]
+interval_ms = 3600000
 
 [providers.google]
 client_id = ${toml(options.clientId)}
