@@ -557,19 +557,10 @@ pub struct DueGrant {
 
 /// Grants by health (`active`, `degraded`, `reauthorization_required`) and provider.
 pub async fn count_by_state(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, String, i64)>> {
-    sqlx::query_as(
-        r#"
-        select case
-                 when status <> 'active' then status
-                 when refresh_failure_count > 0 then 'degraded'
-                 else 'active'
-               end as state,
-               provider, count(*)
-        from integration_tokens group by 1, 2
-        "#,
-    )
-    .fetch_all(db)
-    .await
+    static COUNT: LazyLock<String> = LazyLock::new(|| {
+        format!("select {HEALTH_STATE} as state, provider, count(*) from integration_tokens group by 1, 2")
+    });
+    sqlx::query_as(COUNT.as_str()).fetch_all(db).await
 }
 
 /// A page of grants (no ciphertexts), by `(user_id, provider)` after `after`, filtered by
@@ -581,29 +572,23 @@ pub async fn list_grants(
     after: Option<(&str, &str)>,
     limit: i64,
 ) -> sqlx::Result<Vec<GrantSummaryRow>> {
-    sqlx::query_as(
-        r#"
-        select user_id, provider, status, expires_at, scopes, last_refresh_at,
-               refresh_failure_count, last_refresh_error, refresh_retry_after,
-               next_refresh_at, refresh_token_ct is not null as has_refresh_token
-        from integration_tokens
-        where ($1::text is null or $1 = case
-                 when status <> 'active' then status
-                 when refresh_failure_count > 0 then 'degraded'
-                 else 'active' end)
-          and ($2::text is null or provider = $2)
-          and ($3::text is null or (user_id, provider) > ($3, $4))
-        order by user_id, provider
-        limit $5
-        "#,
-    )
-    .bind(state)
-    .bind(provider)
-    .bind(after.map(|(user, _)| user))
-    .bind(after.map(|(_, provider)| provider))
-    .bind(limit)
-    .fetch_all(db)
-    .await
+    static LIST: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select {SUMMARY_COLUMNS} from integration_tokens \
+             where ($1::text is null or $1 = {HEALTH_STATE}) \
+               and ($2::text is null or provider = $2) \
+               and ($3::text is null or (user_id, provider) > ($3, $4)) \
+             order by user_id, provider limit $5"
+        )
+    });
+    sqlx::query_as(LIST.as_str())
+        .bind(state)
+        .bind(provider)
+        .bind(after.map(|(user, _)| user))
+        .bind(after.map(|(_, provider)| provider))
+        .bind(limit)
+        .fetch_all(db)
+        .await
 }
 
 /// Every grant of a user (no ciphertexts).
@@ -611,18 +596,26 @@ pub async fn grants_of_user(
     db: impl PgExecutor<'_>,
     user: &UserId,
 ) -> sqlx::Result<Vec<GrantSummaryRow>> {
-    sqlx::query_as(
-        r#"
-        select user_id, provider, status, expires_at, scopes, last_refresh_at,
-               refresh_failure_count, last_refresh_error, refresh_retry_after,
-               next_refresh_at, refresh_token_ct is not null as has_refresh_token
-        from integration_tokens where user_id = $1 order by provider
-        "#,
-    )
-    .bind(user.as_str())
-    .fetch_all(db)
-    .await
+    static OF_USER: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "select {SUMMARY_COLUMNS} from integration_tokens \
+             where user_id = $1 order by provider"
+        )
+    });
+    sqlx::query_as(OF_USER.as_str())
+        .bind(user.as_str())
+        .fetch_all(db)
+        .await
 }
+
+/// A row's health state as SQL: `active`, `degraded` or `reauthorization_required`.
+const HEALTH_STATE: &str = "case when status <> 'active' then status \
+     when refresh_failure_count > 0 then 'degraded' else 'active' end";
+
+/// The columns of a [`GrantSummaryRow`].
+const SUMMARY_COLUMNS: &str = "user_id, provider, status, expires_at, scopes, last_refresh_at, \
+     refresh_failure_count, last_refresh_error, refresh_retry_after, next_refresh_at, \
+     refresh_token_ct is not null as has_refresh_token";
 
 /// A grant's state, without its sealed tokens.
 #[derive(Debug, Clone, FromRow)]

@@ -27,6 +27,7 @@ macro_rules! log {
 
 mod bound;
 mod floor;
+mod keeper;
 mod kms;
 mod load;
 mod pgbench;
@@ -146,6 +147,18 @@ struct Args {
     /// Keep the services' logs (`<name>.log` next to the results); they are big.
     #[arg(long)]
     keep_service_logs: bool,
+    /// Measure the keeper instead (`keeper.rs`): its cost over `--keeper-grants` grants
+    /// with nothing due, then how long it takes to refresh `--keeper-due` grants due at
+    /// once. On `--database`, as the other measurements (kept afterwards unless `--smoke`).
+    #[arg(long)]
+    keeper: bool,
+    #[arg(long, default_value_t = 100_000)]
+    keeper_grants: u64,
+    #[arg(long, default_value_t = 10_000)]
+    keeper_due: u64,
+    /// Seconds watched with nothing due.
+    #[arg(long, default_value_t = 60)]
+    keeper_idle_seconds: u64,
 }
 
 impl Args {
@@ -178,6 +191,19 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    if args.keeper {
+        let cost = runtime.block_on(async {
+            tokio::select! {
+                cost = run_keeper(&args) => cost,
+                () = interrupted() => anyhow::bail!("interrupted"),
+            }
+        })?;
+        println!("{}", cost.markdown());
+        std::fs::write(&args.out, serde_json::to_string_pretty(&cost)? + "\n")
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        log!("results written to {}", args.out.display());
+        return Ok(());
+    }
     // On Ctrl-C or SIGTERM the run is dropped, and with it the services it started.
     let results = runtime.block_on(async {
         tokio::select! {
@@ -204,12 +230,7 @@ async fn interrupted() {
 
 async fn run(args: &Args) -> anyhow::Result<Results> {
     let binary = service::binary(args.service_bin.clone())?;
-    let work_dir = args
-        .out
-        .parent()
-        .map_or_else(|| PathBuf::from("."), PathBuf::from)
-        .join("bench-work");
-    std::fs::create_dir_all(&work_dir)?;
+    let work_dir = work_dir(args)?;
     let duration = Duration::from_secs_f64(args.duration);
     let patience = Duration::from_secs(args.quiet_patience);
     let n = args.users;
@@ -409,6 +430,72 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     };
     results.check_targets();
     Ok(results)
+}
+
+/// The keeper's cost: one replica with the keeper's defaults (see `keeper.rs`).
+async fn run_keeper(args: &Args) -> anyhow::Result<keeper::KeeperCost> {
+    let binary = service::binary(args.service_bin.clone())?;
+    let work_dir = work_dir(args)?;
+    let name = args.database.as_str();
+    let mut database = TestDatabase::recreate(&args.database_server, name).await?;
+    if !args.smoke {
+        database.keep();
+    }
+    let kms_key =
+        TestKmsKey::create_at(&args.kms_endpoint, "token-store keeper benchmark key").await?;
+    let provider = FakeProvider::start().await;
+    provider.set_mode(Mode::Slow(
+        Duration::from_millis(args.provider_delay_ms),
+        &Mode::Success,
+    ));
+    let config = ServiceConfig {
+        database_url: database.url().to_owned(),
+        kms_key_id: kms_key.arn().to_owned(),
+        kms_endpoint: args.kms_endpoint.clone(),
+        provider: provider.toml("google"),
+        cache_max_entries: 100_000,
+        cache_ttl_seconds: args.cache_ttl_seconds,
+        pool_size: args.pool_size,
+        worker_threads: Some(args.service_worker_threads).filter(|&n| n > 0),
+    };
+    let launcher = Launcher {
+        binary,
+        dir: work_dir,
+        keep_logs: args.keep_service_logs,
+    };
+    let service = launcher.start("keeper", &config).await?;
+    let db = PgPool::connect(database.url()).await?;
+    let due_users: Vec<u64> = (1..=args.keeper_due.max(1)).collect();
+    log!("seeding {} grants through the API", due_users.len());
+    seed::seed(service.addr, &due_users, args.seed_concurrency).await?;
+    let defaults = token_store::config::KeeperConfig::default();
+    let cost = keeper::measure(&keeper::KeeperPlan {
+        service: &service,
+        db: &db,
+        database: name,
+        provider: &provider,
+        grants: args.keeper_grants,
+        due_users: &due_users,
+        idle: Duration::from_secs(args.keeper_idle_seconds),
+        provider_delay_ms: args.provider_delay_ms,
+        concurrency: defaults.concurrency_per_provider,
+    })
+    .await?;
+    service.stop().await?;
+    db.close().await;
+    drop((database, kms_key));
+    Ok(cost)
+}
+
+/// Where the services' configurations and logs go: `bench-work/` next to the results.
+fn work_dir(args: &Args) -> anyhow::Result<PathBuf> {
+    let dir = args
+        .out
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        .join("bench-work");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 /// `share` of the warm-read throughput at concurrency 16 (else the best measured); `None`

@@ -77,3 +77,47 @@ fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
     assert!(!results["targets"].as_array().unwrap().is_empty());
     assert!(String::from_utf8_lossy(&run.stdout).contains("| target | value |"));
 }
+
+#[test]
+fn the_keeper_benchmark_runs_and_refreshes_every_due_grant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("keeper.json");
+    let database = TestDatabase::reserve("bench_keeper_smoke");
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args([
+            "--keeper",
+            "--smoke",
+            "--keeper-grants",
+            "200",
+            "--keeper-due",
+            "20",
+            "--keeper-idle-seconds",
+            "1",
+            "--provider-delay-ms",
+            "20",
+            "--database",
+            database.name(),
+            "--database-server",
+            &database_server_url(),
+            "--kms-endpoint",
+            &kms_endpoint(),
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "bench --keeper failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let cost: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(cost["grants"], 200, "{cost}");
+    assert_eq!(cost["due"], 20, "{cost}");
+    assert!(
+        cost["refresh_all_seconds"].as_f64().unwrap() > 0.0,
+        "{cost}"
+    );
+    assert!(cost["claim_ms"].as_f64().unwrap() >= 0.0, "{cost}");
+}
