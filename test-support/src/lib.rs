@@ -7,6 +7,8 @@
 //! - [`TestDatabase`] and [`TestKmsKey`]: a scratch PostgreSQL database and a scratch
 //!   LocalStack KMS key, removed when the guard is dropped, also when a test fails
 //!   ([`OnDrop`] says how).
+//! - [`BinaryInstance`]: the real binary in its own process on a [`TestApp`]'s database and
+//!   key, to be killed with SIGKILL.
 //! - [`WebhookReceiver`]: a real HTTP server on loopback that verifies webhook signatures.
 //! - [`env`]: where PostgreSQL and LocalStack are, and the AWS settings that reach LocalStack.
 //!
@@ -14,6 +16,7 @@
 //! (as a dev-dependency) but its unit tests may not.
 
 pub mod app;
+pub mod binary;
 pub mod cleanup;
 pub mod database;
 pub mod env;
@@ -25,6 +28,7 @@ pub mod webhook;
 pub use app::{
     app_config, captured_logs, init_process, Api, TestApp, FULL_KEY, READ_KEY, RW_KEY, WRITE_KEY,
 };
+pub use binary::BinaryInstance;
 pub use cleanup::OnDrop;
 pub use database::TestDatabase;
 pub use env::{database_server_url, kms_endpoint, set_aws_defaults};

@@ -1,12 +1,15 @@
 //! End to end: the real binary, `migrate` then `serve`, over real HTTP, stopped by SIGTERM.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use test_support::provider::{FakeProvider, Mode};
-use test_support::{kms_endpoint, token_body, Api, TestApp, TestDatabase, TestKmsKey, FULL_KEY};
+use test_support::{
+    kms_endpoint, token_body, Api, BinaryInstance, TestApp, TestDatabase, TestKmsKey, FULL_KEY,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-store");
 
@@ -171,60 +174,16 @@ async fn a_killed_lock_holder_releases_the_lock_and_another_instance_refreshes()
     body["expiresAt"] = serde_json::json!(chrono::Utc::now().timestamp_millis() - 60_000);
     survivor.put_token("alice", "google", &body).await;
 
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("token-store.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[database]
-url = "{database_url}"
-
-[kms]
-key_id = "{key_id}"
-endpoint_url = "{endpoint}"
-
-[refresh]
-provider_timeout_ms = 8000
-lock_timeout_ms = 10000
-
-{provider}
-[[clients]]
-name = "e2e"
-key_sha256 = "{hash}"
-permissions = ["read"]
-"#,
-            database_url = survivor.database_url,
-            key_id = survivor.key_id,
-            endpoint = kms_endpoint(),
-            provider = provider.toml("google"),
-            hash = token_store::auth::key_hash_hex(FULL_KEY),
+    let mut doomed = BinaryInstance::start(
+        Path::new(BIN),
+        &survivor,
+        &format!(
+            "[refresh]\nprovider_timeout_ms = 8000\nlock_timeout_ms = 10000\n\n{}",
+            provider.toml("google")
         ),
     )
-    .unwrap();
-    let mut doomed = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let doomed_api = Api::new(
-        reqwest::Client::new(),
-        &format!("http://127.0.0.1:{port}"),
-        Some(FULL_KEY),
-    );
-    let started = Instant::now();
-    while doomed_api.try_healthz().await.is_none() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the service did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .await;
+    let doomed_api = doomed.api.clone();
 
     // The request fails when its instance is killed, and the task with it.
     let pending = tokio::spawn(async move { doomed_api.access_token("alice", "google").await });
@@ -244,8 +203,7 @@ permissions = ["read"]
         "the doomed instance holds the refresh lock"
     );
 
-    doomed.kill().unwrap(); // SIGKILL
-    doomed.wait().unwrap();
+    doomed.kill(); // SIGKILL
     assert!(pending.await.is_err(), "the killed instance never answered");
 
     let released = Instant::now();

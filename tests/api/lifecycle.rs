@@ -3,14 +3,15 @@
 //! revoked at the provider.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
 use token_store::config::Config;
 
 use test_support::{
-    assert_problem, expired_body, token_body, FakeProvider, Mode, ReceiverMode, TestApp,
-    WebhookReceiver, READ_KEY,
+    assert_problem, expired_body, token_body, BinaryInstance, FakeProvider, Mode, ReceiverMode,
+    TestApp, WebhookReceiver, READ_KEY,
 };
 
 /// Webhooks to `receiver`, tried every 100 ms with short backoffs.
@@ -360,81 +361,18 @@ async fn a_delivery_whose_replica_is_killed_mid_send_is_delivered_by_another() {
     let quiet = TestApp::spawn().await;
 
     // The replica to kill: the real binary, sending webhooks.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("token-store.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            r#"
-[server]
-listen = "127.0.0.1:{port}"
-
-[database]
-url = "{database_url}"
-
-[kms]
-key_id = "{key_id}"
-endpoint_url = "{endpoint}"
-
-[keeper]
-enabled = false
-
-[webhooks]
-interval_ms = 100
-timeout_ms = 1000
-claim_ms = 2000
-
-[webhooks.endpoints.app]
-url = "{url}"
-secret = "{secret}"
-
-[[clients]]
-name = "e2e"
-key_sha256 = "{hash}"
-permissions = ["read", "write"]
-"#,
-            database_url = quiet.database_url,
-            key_id = quiet.key_id,
-            endpoint = test_support::kms_endpoint(),
-            url = receiver.url,
-            secret = receiver.secret,
-            hash = token_store::auth::key_hash_hex(test_support::FULL_KEY),
+    let mut doomed = BinaryInstance::start(
+        Path::new(env!("CARGO_BIN_EXE_token-store")),
+        &quiet,
+        &format!(
+            "[keeper]\nenabled = false\n\n\
+             [webhooks]\ninterval_ms = 100\ntimeout_ms = 1000\nclaim_ms = 2000\n\n\
+             [webhooks.endpoints.app]\nurl = \"{}\"\nsecret = \"{}\"\n",
+            receiver.url, receiver.secret
         ),
     )
-    .unwrap();
-    let mut doomed = std::process::Command::new(env!("CARGO_BIN_EXE_token-store"))
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _reaper = test_support::OnDrop::new("the killed replica", {
-        let pid = doomed.id();
-        move || async move {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            Ok(())
-        }
-    });
-    let api = test_support::Api::new(
-        reqwest::Client::new(),
-        &format!("http://127.0.0.1:{port}"),
-        Some(test_support::FULL_KEY),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while api.try_healthz().await.is_none_or(|r| r.status() != 200) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the binary did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    .await;
+    let api = doomed.api.clone();
     assert_eq!(
         api.put_token("killed-mid-send", "google", &token_body("kill"))
             .await
@@ -448,8 +386,7 @@ permissions = ["read", "write"]
         assert!(tokio::time::Instant::now() < deadline, "nothing was sent");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    doomed.kill().unwrap();
-    doomed.wait().unwrap();
+    doomed.kill();
     receiver.set_mode(ReceiverMode::Up);
 
     // Another replica takes the delivery once the dead one's claim expires.
