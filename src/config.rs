@@ -220,7 +220,7 @@ fn default_read_connections() -> u32 {
 }
 
 fn default_lock_pool_connections() -> u32 {
-    4
+    16
 }
 
 fn default_max_connections() -> u32 {
@@ -434,7 +434,8 @@ pub struct KeeperConfig {
     pub interval: Duration,
     /// Due grants claimed at once.
     pub batch_size: u32,
-    /// Refreshes at once per provider, in this replica.
+    /// Refreshes at once per provider, in this replica. All providers together never take
+    /// more than half of `[database] lock_pool_connections`: the rest stay for callers.
     pub concurrency_per_provider: u32,
     /// Refreshes per second per provider, in this replica.
     pub rate_per_provider: u32,

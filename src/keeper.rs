@@ -7,8 +7,9 @@
 //! while (`for update skip locked`: replicas never claim the same grant at once) and
 //! refreshes each through [`Refresher::keep`]: the same advisory lock, re-read and fenced
 //! write as an on-demand refresh, so a grant is refreshed once however many replicas and
-//! callers want it. Concurrency and rate are bounded per provider; dead grants and grants
-//! cooling down after a failure are not due.
+//! callers want it. Concurrency and rate are bounded per provider, and all providers
+//! together take at most half of the lock pool (callers' refreshes need the rest); dead
+//! grants and grants cooling down after a failure are not due.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,6 +36,9 @@ pub struct Keeper {
     /// The providers with an OAuth client: only their grants are claimed.
     providers: Vec<String>,
     limits: HashMap<String, Arc<ProviderLimit>>,
+    /// Refreshes at once in this replica, all providers together: each holds a connection
+    /// of the lock pool, and callers' refreshes need the rest.
+    running: Arc<Semaphore>,
 }
 
 /// One provider's bounds in this replica: refreshes at once, and their pace.
@@ -50,6 +54,7 @@ impl Keeper {
         metrics: Metrics,
         settings: KeeperConfig,
         providers: Vec<String>,
+        lock_connections: u32,
     ) -> Self {
         let limits = providers
             .iter()
@@ -71,6 +76,7 @@ impl Keeper {
             settings,
             providers,
             limits,
+            running: Arc::new(Semaphore::new((lock_connections / 2).max(1) as usize)),
         }
     }
 
@@ -129,8 +135,12 @@ impl Keeper {
                 };
                 let refresher = self.refresher.clone();
                 let trigger = self.trigger(&grant);
+                let all = self.running.clone();
                 refreshes.spawn(async move {
                     let Ok(_running) = limit.running.acquire().await else {
+                        return;
+                    };
+                    let Ok(_all) = all.acquire().await else {
                         return;
                     };
                     limit.pace.lock().await.tick().await;

@@ -122,6 +122,7 @@ impl Application {
                 metrics.clone(),
                 config.keeper.clone(),
                 names,
+                config.database.lock_pool_connections,
             )
         });
         let deliverer = Deliverer::new(vault.clone(), metrics.clone(), config.webhooks.clone())?;
