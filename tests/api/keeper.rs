@@ -177,3 +177,52 @@ async fn an_idle_grant_is_refreshed_to_keep_it_alive_and_a_dead_one_is_never_sen
         "grants are counted by state"
     );
 }
+
+#[tokio::test]
+async fn the_keeper_leaves_half_the_lock_pool_to_callers() {
+    let provider = FakeProvider::start().await;
+    // Keeper refreshes hold their lock connection for a second each.
+    provider.set_mode_for(
+        "due-grant",
+        Mode::Slow(Duration::from_secs(1), &Mode::Success),
+    );
+    let app = TestApp::spawn_configured(|config| {
+        keeper_on(config, &provider, Duration::from_secs(600));
+        config.keeper.concurrency_per_provider = 8;
+        config.database.lock_pool_connections = 4;
+    })
+    .await;
+    for n in 0..8 {
+        app.put_token(
+            &format!("due-{n}"),
+            "google",
+            &token_body(&format!("due-grant-{n}")),
+        )
+        .await;
+    }
+    // Every one of them due (an access token expiring within the keeper's window).
+    sqlx::query("update integration_tokens set next_refresh_at = now()")
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let lock_sessions = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and application_name = 'token-store-locks' and state = 'idle in transaction'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap()
+    };
+    let mut most = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while provider.token_calls() < 8 && tokio::time::Instant::now() < deadline {
+        most = most.max(lock_sessions().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(provider.token_calls(), 8, "every due grant was refreshed");
+    assert_eq!(
+        most, 2,
+        "the keeper held at most half of the 4 lock connections"
+    );
+}
