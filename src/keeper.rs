@@ -83,22 +83,19 @@ impl Keeper {
     /// Looks for due grants every `interval` until `shutdown`; a refresh under way at
     /// shutdown is dropped with its claim (it expires, and any replica takes it again).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut last_count: Option<Instant> = None;
-        loop {
-            if last_count.is_none_or(|at| at.elapsed() >= self.settings.count_interval) {
+        let last_count = std::sync::Mutex::new(None::<Instant>);
+        every(self.settings.interval, shutdown, || async {
+            let due_count = last_count
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none_or(|at| at.elapsed() >= self.settings.count_interval);
+            if due_count {
                 self.count_grants().await;
-                last_count = Some(Instant::now());
+                *last_count.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = self.tick() => {}
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(self.settings.interval) => {}
-            }
-        }
+            self.tick().await;
+        })
+        .await;
     }
 
     /// Claims and refreshes due grants, batch after batch, until none is due.
@@ -186,6 +183,26 @@ impl Keeper {
                 }
             }
             Err(err) => tracing::warn!(error = %err, "the keeper could not count grants"),
+        }
+    }
+}
+
+/// Runs `work` to its end, then again `interval` later, until `shutdown` (which also
+/// stops `work` where it is): the loop of each replica's background workers.
+pub async fn every<F, Fut>(interval: Duration, shutdown: impl Future<Output = ()>, work: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = work() => {}
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

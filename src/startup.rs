@@ -100,7 +100,6 @@ impl Application {
             locks: lock_pool,
             lookups,
         };
-        config.webhooks.check()?;
         let vault = Vault::new(
             storage,
             envelope,

@@ -574,11 +574,12 @@ pub async fn list_grants(
 ) -> sqlx::Result<Vec<GrantSummaryRow>> {
     static LIST: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "select {SUMMARY_COLUMNS} from integration_tokens \
+            "select {} from integration_tokens \
              where ($1::text is null or $1 = {HEALTH_STATE}) \
                and ($2::text is null or provider = $2) \
                and ($3::text is null or (user_id, provider) > ($3, $4)) \
-             order by user_id, provider limit $5"
+             order by user_id, provider limit $5",
+            *SUMMARY_COLUMNS
         )
     });
     sqlx::query_as(LIST.as_str())
@@ -598,8 +599,8 @@ pub async fn grants_of_user(
 ) -> sqlx::Result<Vec<GrantSummaryRow>> {
     static OF_USER: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "select {SUMMARY_COLUMNS} from integration_tokens \
-             where user_id = $1 order by provider"
+            "select {} from integration_tokens where user_id = $1 order by provider",
+            *SUMMARY_COLUMNS
         )
     });
     sqlx::query_as(OF_USER.as_str())
@@ -610,19 +611,25 @@ pub async fn grants_of_user(
 
 /// A row's health state as SQL: `active`, `degraded` or `reauthorization_required`.
 const HEALTH_STATE: &str = "case when status <> 'active' then status \
+     when refresh_token_ct is null and expires_at <= now() then 'reauthorization_required' \
      when refresh_failure_count > 0 then 'degraded' else 'active' end";
 
 /// The columns of a [`GrantSummaryRow`].
-const SUMMARY_COLUMNS: &str = "user_id, provider, status, expires_at, scopes, last_refresh_at, \
-     refresh_failure_count, last_refresh_error, refresh_retry_after, next_refresh_at, \
-     refresh_token_ct is not null as has_refresh_token";
+static SUMMARY_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "user_id, provider, {HEALTH_STATE} as state, expires_at, scopes, last_refresh_at, \
+         refresh_failure_count, last_refresh_error, refresh_retry_after, next_refresh_at"
+    )
+});
 
 /// A grant's state, without its sealed tokens.
 #[derive(Debug, Clone, FromRow)]
 pub struct GrantSummaryRow {
     #[sqlx(flatten)]
     pub grant: GrantKey,
-    pub status: TokenStatus,
+    /// `active`, `degraded` or `reauthorization_required`: the one definition of a grant's
+    /// health, which the filters of a listing use too.
+    pub state: String,
     pub expires_at: DateTime<Utc>,
     pub scopes: Vec<String>,
     pub last_refresh_at: Option<DateTime<Utc>>,
@@ -630,7 +637,6 @@ pub struct GrantSummaryRow {
     pub last_refresh_error: Option<String>,
     pub refresh_retry_after: Option<DateTime<Utc>>,
     pub next_refresh_at: Option<DateTime<Utc>>,
-    pub has_refresh_token: bool,
 }
 
 /// A delivery claimed for sending, with its event.

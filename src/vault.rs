@@ -791,25 +791,19 @@ fn summary(row: GrantSummaryRow) -> Result<GrantSummary, VaultError> {
         .map(|s| Scope::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| VaultError::Corrupt("scopes"))?;
-    let health = if row.status != TokenStatus::Active {
-        GrantHealth::ReauthorizationRequired {
+    let health = match row.state.as_str() {
+        "reauthorization_required" => GrantHealth::ReauthorizationRequired {
+            // Dead without a provider error: it expired with no refresh token.
             reason: row
                 .last_refresh_error
-                .clone()
-                .unwrap_or_else(|| "invalid_grant".to_owned()),
-        }
-    } else if !row.has_refresh_token && row.expires_at <= Utc::now() {
-        GrantHealth::ReauthorizationRequired {
-            reason: "missing_refresh_token".to_owned(),
-        }
-    } else if row.refresh_failure_count > 0 {
-        GrantHealth::Degraded {
+                .unwrap_or_else(|| "missing_refresh_token".to_owned()),
+        },
+        "degraded" => GrantHealth::Degraded {
             consecutive_failures: u32::try_from(row.refresh_failure_count).unwrap_or(0),
-            last_error: row.last_refresh_error.clone(),
+            last_error: row.last_refresh_error,
             next_retry_at: row.refresh_retry_after,
-        }
-    } else {
-        GrantHealth::Active
+        },
+        _ => GrantHealth::Active,
     };
     Ok(GrantSummary {
         grant: row.grant,

@@ -23,6 +23,7 @@ use standardwebhooks::{
 };
 
 use crate::config::WebhooksConfig;
+use crate::keeper::every;
 use crate::metrics::Metrics;
 use crate::store::ClaimedDelivery;
 use crate::vault::Vault;
@@ -83,17 +84,7 @@ impl Deliverer {
 
     /// Sends due deliveries every `interval` until `shutdown`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = self.tick() => {}
-            }
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = tokio::time::sleep(self.settings.interval) => {}
-            }
-        }
+        every(self.settings.interval, shutdown, || self.tick()).await;
     }
 
     /// Claims and sends due deliveries, batch after batch, until none is due.

@@ -11,39 +11,8 @@ use test_support::{database_server_url, kms_endpoint, TestDatabase};
 
 #[test]
 fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("results.json");
-    // The benchmark creates the database itself; the guard drops it however the test ends.
-    let database = TestDatabase::reserve("bench_smoke");
-    let service = std::path::Path::new(env!("CARGO_BIN_EXE_bench")).with_file_name("token-store");
-    assert!(
-        service.exists(),
-        "{} is missing: build the workspace (cargo nextest run --workspace)",
-        service.display()
-    );
+    let (results, stdout) = run_bench("bench_smoke", &[]);
 
-    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args([
-            "--smoke",
-            "--database",
-            database.name(),
-            "--database-server",
-            &database_server_url(),
-            "--kms-endpoint",
-            &kms_endpoint(),
-        ])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "bench --smoke failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
-
-    let results: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     for section in [
         "machine",
         "parameters",
@@ -75,18 +44,15 @@ fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
     assert_eq!(storm["succeeded"], storm["requests"], "{storm}");
     assert!(results["memory"]["rss_after_kib"].as_u64().unwrap() > 0);
     assert!(!results["targets"].as_array().unwrap().is_empty());
-    assert!(String::from_utf8_lossy(&run.stdout).contains("| target | value |"));
+    assert!(stdout.contains("| target | value |"));
 }
 
 #[test]
 fn the_keeper_benchmark_runs_and_refreshes_every_due_grant() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("keeper.json");
-    let database = TestDatabase::reserve("bench_keeper_smoke");
-    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args([
+    let (cost, _) = run_bench(
+        "bench_keeper_smoke",
+        &[
             "--keeper",
-            "--smoke",
             "--keeper-grants",
             "200",
             "--keeper-due",
@@ -95,6 +61,34 @@ fn the_keeper_benchmark_runs_and_refreshes_every_due_grant() {
             "1",
             "--provider-delay-ms",
             "20",
+        ],
+    );
+    assert_eq!(cost["grants"], 200, "{cost}");
+    assert_eq!(cost["due"], 20, "{cost}");
+    assert!(
+        cost["refresh_all_seconds"].as_f64().unwrap() > 0.0,
+        "{cost}"
+    );
+    assert!(cost["claim_ms"].as_f64().unwrap() >= 0.0, "{cost}");
+}
+
+/// Runs `bench --smoke` with `args` on a database of its own (dropped however the test
+/// ends) and returns the JSON it wrote and its standard output.
+fn run_bench(purpose: &str, args: &[&str]) -> (Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    // The benchmark creates the database itself; the guard drops it however the test ends.
+    let database = TestDatabase::reserve(purpose);
+    let service = std::path::Path::new(env!("CARGO_BIN_EXE_bench")).with_file_name("token-store");
+    assert!(
+        service.exists(),
+        "{} is missing: build the workspace (cargo nextest run --workspace)",
+        service.display()
+    );
+    let run = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .arg("--smoke")
+        .args(args)
+        .args([
             "--database",
             database.name(),
             "--database-server",
@@ -108,16 +102,10 @@ fn the_keeper_benchmark_runs_and_refreshes_every_due_grant() {
         .unwrap();
     assert!(
         run.status.success(),
-        "bench --keeper failed\nstdout:\n{}\nstderr:\n{}",
+        "bench {args:?} failed\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let cost: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(cost["grants"], 200, "{cost}");
-    assert_eq!(cost["due"], 20, "{cost}");
-    assert!(
-        cost["refresh_all_seconds"].as_f64().unwrap() > 0.0,
-        "{cost}"
-    );
-    assert!(cost["claim_ms"].as_f64().unwrap() >= 0.0, "{cost}");
+    let results = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    (results, String::from_utf8_lossy(&run.stdout).into_owned())
 }

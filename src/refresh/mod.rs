@@ -128,8 +128,16 @@ type Outcome = Result<AccessGrant, RefreshError>;
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct FlightKey {
     grant: GrantKey,
-    /// Which [`Validity`] the flight was asked for (callers asking another join another).
-    validity: u8,
+    kind: FlightKind,
+}
+
+/// Which kind of [`Validity`] a flight was started for: callers asking another kind join
+/// another flight.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum FlightKind {
+    Requested,
+    Forced,
+    Due,
 }
 
 /// Why a refresh was tried: the `trigger` label of `token_store_refreshes_total`.
@@ -268,10 +276,10 @@ impl Refresher {
     async fn join_flight(&self, grant: &GrantKey, trigger: Trigger, validity: Validity) -> Outcome {
         let key = FlightKey {
             grant: grant.clone(),
-            validity: match validity {
-                Validity::AtLeast(_) => 0,
-                Validity::Forced => 1,
-                Validity::Due => 2,
+            kind: match validity {
+                Validity::AtLeast(_) => FlightKind::Requested,
+                Validity::Forced => FlightKind::Forced,
+                Validity::Due => FlightKind::Due,
             },
         };
         let span =
