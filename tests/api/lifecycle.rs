@@ -414,3 +414,28 @@ async fn a_delivery_whose_replica_is_killed_mid_send_is_delivered_by_another() {
         "the killed attempt and the one that worked"
     );
 }
+
+#[tokio::test]
+async fn an_expired_grant_without_a_refresh_token_needs_consent_in_its_health_and_its_filter() {
+    let app = TestApp::spawn().await;
+    let mut body = expired_body("no-refresh");
+    body.as_object_mut().unwrap().remove("refreshToken");
+    app.put_token("stranded", "google", &body).await;
+    app.put_token("fine", "google", &token_body("fine")).await;
+
+    let health: Value = app.list_user_grants("stranded").await.json().await.unwrap();
+    assert_eq!(health["grants"][0]["state"], "reauthorization_required");
+    assert_eq!(health["grants"][0]["reason"], "missing_refresh_token");
+    let users = |page: Value| -> Vec<String> {
+        page["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["userId"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let dead = app.list_grants("state=reauthorization_required").await;
+    assert_eq!(users(dead.json().await.unwrap()), vec!["stranded"]);
+    let active = app.list_grants("state=active").await;
+    assert_eq!(users(active.json().await.unwrap()), vec!["fine"]);
+}
