@@ -46,6 +46,8 @@ pub struct Config {
     pub keeper: KeeperConfig,
     #[serde(default)]
     pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub row_cache: RowCacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -415,6 +417,36 @@ fn default_keep_alive_after() -> Duration {
 
 fn yes() -> bool {
     true
+}
+
+/// `[row_cache]`: each replica's cache of sealed rows, kept true across replicas by
+/// PostgreSQL `LISTEN`/`NOTIFY`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RowCacheConfig {
+    /// `false`: every read asks the database.
+    pub enabled: bool,
+    /// Most rows cached at once.
+    pub max_entries: u64,
+    /// How long a row stays cached, however quiet its grant.
+    #[serde(rename = "ttl_seconds", deserialize_with = "seconds")]
+    pub ttl: Duration,
+    /// The most a read served from the cache can lag a write committed on another replica:
+    /// a replica that has not heard its own heartbeat for this long stops serving from the
+    /// cache until it listens again.
+    #[serde(rename = "max_staleness_ms", deserialize_with = "millis")]
+    pub max_staleness: Duration,
+}
+
+impl Default for RowCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_entries: 100_000,
+            ttl: Duration::from_secs(300),
+            max_staleness: Duration::from_secs(1),
+        }
+    }
 }
 
 /// `[keeper]`: the background refresh ahead of expiry, in every replica.

@@ -17,6 +17,7 @@ pub mod providers;
 pub mod refresh;
 pub mod revoke;
 pub mod rewrap;
+pub mod rowcache;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub unwrap_cache_hits: IntCounter,
     pub unwrap_cache_misses: IntCounter,
     pub unwrap_cache_entries: IntGauge,
+    pub row_cache_requests: IntCounterVec,
+    pub row_cache_entries: IntGauge,
+    pub row_cache_resets: IntCounter,
     pub refreshes: IntCounterVec,
     pub refresh_joins: IntCounter,
     pub provider_latency: HistogramVec,
@@ -91,6 +94,26 @@ impl Metrics {
                     .expect("unique metric");
                 g
             },
+            row_cache_requests: counter_vec(
+                "row_cache_requests_total",
+                "Reads of the sealed-row cache: hit, miss (read from the database) or bypass (the cache was not serving, or the cached row needed the database)",
+                &["outcome"],
+            ),
+            row_cache_entries: {
+                let g = IntGauge::new(
+                    "row_cache_entries",
+                    "Sealed rows held in the cache (at the last scrape)",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("unique metric");
+                g
+            },
+            row_cache_resets: counter(
+                "row_cache_resets_total",
+                "Times the sealed-row cache was emptied because its listening connection failed or fell silent",
+            ),
             refreshes: counter_vec(
                 "refreshes_total",
                 "Token refreshes by provider, outcome and trigger (on_demand, ahead, keep_alive)",

@@ -25,6 +25,7 @@ use crate::lookups::Lookups;
 use crate::metrics::Metrics;
 use crate::providers::Providers;
 use crate::refresh::Refresher;
+use crate::rowcache::RowCache;
 use crate::store;
 use crate::vault::{Lifecycle, Schedule, Storage, Vault};
 use crate::webhooks::Deliverer;
@@ -95,10 +96,15 @@ impl Application {
             config.database.acquire_timeout,
             &metrics,
         );
+        let rows = config
+            .row_cache
+            .enabled
+            .then(|| RowCache::start(&db, &config.row_cache, refresh_settings.buffer, &metrics));
         let storage = Storage {
             db,
             locks: lock_pool,
             lookups,
+            rows,
         };
         let vault = Vault::new(
             storage,
@@ -278,6 +284,8 @@ pub async fn job_vault(config: &Config, key_id: String) -> anyhow::Result<Vault>
     let storage = Storage {
         locks: connect_lock_pool(&config.database, config.refresh.lock_timeout, None)?,
         lookups: Lookups::start(&db, 1, config.database.acquire_timeout, &metrics),
+        // A job reads each row once: a cache would only hold memory.
+        rows: None,
         db,
     };
     let envelope = envelope(&config.kms, key_id, metrics).await;

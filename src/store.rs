@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgRow, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{PgListener, PgRow, PgTypeInfo, PgValueRef};
 use sqlx::{FromRow, PgExecutor, PgPool, Postgres, Row};
 
 use crate::domain::{GrantKey, ProviderName, TokenStatus, UserId};
@@ -16,6 +16,8 @@ use crate::domain::{GrantKey, ProviderName, TokenStatus, UserId};
 /// A stored grant, still sealed; which grant it is, the caller knows.
 #[derive(Debug, Clone, FromRow)]
 pub struct TokenRow {
+    /// The row's identity: a grant deleted and stored again is a new row with a larger id.
+    pub id: i64,
     pub kms_key_id: String,
     pub wrapped_data_key: Vec<u8>,
     pub data_key_created_at: DateTime<Utc>,
@@ -56,7 +58,7 @@ pub struct SealedRow {
 
 /// The columns of a [`TokenRow`], in its order: what a lookup selects (the bench's pgbench
 /// script runs the same statement).
-pub const COLUMNS: &str = r#"kms_key_id, wrapped_data_key, data_key_created_at,
+pub const COLUMNS: &str = r#"id, kms_key_id, wrapped_data_key, data_key_created_at,
     access_token_ct, refresh_token_ct, expires_at, scopes, status, version,
     last_refresh_at, refresh_failure_count, last_refresh_error, refresh_retry_after,
     next_refresh_at"#;
@@ -135,6 +137,28 @@ pub async fn find_many(
         .bind(providers)
         .fetch_all(db)
         .await
+}
+
+/// The channel on which every change of a row is announced, from inside its transaction (a
+/// trigger, see the migration `row_change_notify`), and on which each replica also sends its
+/// heartbeats: notifications on one channel arrive in commit order.
+pub const GRANT_CHANNEL: &str = "token_store_grants";
+
+/// A connection listening on [`GRANT_CHANNEL`], connected as `pool` connects.
+pub async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(GRANT_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Sends `payload` on [`GRANT_CHANNEL`] (a replica's heartbeat).
+pub async fn notify(db: impl PgExecutor<'_>, payload: &str) -> sqlx::Result<()> {
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(GRANT_CHANNEL)
+        .bind(payload)
+        .execute(db)
+        .await
+        .map(drop)
 }
 
 /// Stores a grant, replacing any earlier one: a new data key, an active status, clean

@@ -22,6 +22,7 @@ use crate::domain::{
 };
 use crate::events::{new_event_id, GrantEvent};
 use crate::lookups::{LookupError, Lookups};
+use crate::rowcache::RowCache;
 use crate::store::{
     self, ClaimedDelivery, DeliveryRow, DueGrant, GrantSummaryRow, NewEvent, SealedRow, TokenRow,
     WrappedKeyRow,
@@ -60,13 +61,15 @@ pub enum Reveal {
 }
 
 /// The database handles of the vault: requests and writes on `db`, the refresh locks on
-/// `locks` (its own small pool, so that waiting refreshes never starve requests), and the
-/// read path's batched lookups.
+/// `locks` (its own small pool, so that waiting refreshes never starve requests), the
+/// read path's batched lookups, and the replica's cache of sealed rows (`None`: switched
+/// off, every read asks the database).
 #[derive(Clone, Debug)]
 pub struct Storage {
     pub db: PgPool,
     pub locks: PgPool,
     pub lookups: Lookups,
+    pub rows: Option<RowCache>,
 }
 
 /// Cheap to clone: pools, the read path's lookups and an envelope.
@@ -128,18 +131,22 @@ impl Schedule {
     }
 }
 
-/// A stored grant as read: its state in the clear, its tokens still sealed.
+/// A stored grant as read: its state in the clear, its tokens still sealed. Cheap to clone
+/// (the row cache hands out clones).
 #[derive(Debug, Clone)]
-pub struct SealedGrant {
+pub struct SealedGrant(Arc<Sealed>);
+
+#[derive(Debug)]
+struct Sealed {
     key: GrantKey,
     state: GrantState,
+    /// Its scopes are in `state`, parsed.
     row: TokenRow,
 }
 
 impl SealedGrant {
-    fn new(key: GrantKey, row: TokenRow) -> Result<Self, VaultError> {
-        let scopes = row
-            .scopes
+    fn new(key: GrantKey, mut row: TokenRow) -> Result<Self, VaultError> {
+        let scopes = std::mem::take(&mut row.scopes)
             .iter()
             .map(|s| Scope::parse(s))
             .collect::<Result<Vec<_>, _>>()
@@ -153,11 +160,25 @@ impl SealedGrant {
             retry_after: row.refresh_retry_after,
             next_refresh_at: row.next_refresh_at,
         };
-        Ok(Self { key, state, row })
+        Ok(Self(Arc::new(Sealed { key, state, row })))
     }
 
     pub fn state(&self) -> &GrantState {
-        &self.state
+        &self.0.state
+    }
+
+    pub fn key(&self) -> &GrantKey {
+        &self.0.key
+    }
+
+    fn row(&self) -> &TokenRow {
+        &self.0.row
+    }
+
+    /// Which of two reads of a grant is newer: a row stored again after a delete has a
+    /// larger id, and every write of a row bumps its version.
+    pub fn generation(&self) -> (i64, i64) {
+        (self.0.row.id, self.0.row.version)
     }
 }
 
@@ -202,6 +223,7 @@ impl Vault {
             self.record(&mut tx, grant, &GrantEvent::Recovered).await?;
         }
         tx.commit().await?;
+        self.forget(grant);
 
         let Some(old) = old.filter(|old| superseded && old.refresh_token_ct.is_some()) else {
             return Ok(None);
@@ -261,22 +283,58 @@ impl Vault {
     /// The stored grant, decrypted. No span of its own (the hot path): its audit event
     /// names the grant.
     pub async fn get(&self, grant: &GrantKey, reveal: Reveal) -> Result<StoredToken, VaultError> {
-        let sealed = self.read(grant).await?.ok_or(VaultError::NotFound)?;
+        let sealed = match self.cached(grant, |_| true) {
+            Some(sealed) => sealed,
+            None => self.read(grant).await?.ok_or(VaultError::NotFound)?,
+        };
         let token = self.open(&sealed, reveal).await?;
         Ok(StoredToken {
             token,
-            status: sealed.state.status,
+            status: sealed.state().status,
         })
     }
 
-    /// The grant as stored now, still sealed, through the batched lookups of the read path.
+    /// The grant from this replica's row cache, if the cache serves, holds it, and may
+    /// answer with it: the grant is active, its access token valid beyond the refresh
+    /// buffer, and `servable` accepts its state. Anything else needs the database
+    /// ([`Vault::read`]).
+    pub fn cached(
+        &self,
+        grant: &GrantKey,
+        servable: impl FnOnce(&GrantState) -> bool,
+    ) -> Option<SealedGrant> {
+        self.storage.rows.as_ref()?.get(grant, servable)
+    }
+
+    /// The grant as stored now, still sealed, through the batched lookups of the read path;
+    /// what is read fills the row cache.
     pub async fn read(&self, grant: &GrantKey) -> Result<Option<SealedGrant>, VaultError> {
-        self.storage
+        let cache = self.storage.rows.as_ref();
+        let ticket = cache.and_then(|cache| cache.ticket(grant));
+        let found = self
+            .storage
             .lookups
             .find(grant)
             .await?
             .map(|row| SealedGrant::new(grant.clone(), row))
-            .transpose()
+            .transpose()?;
+        if let (Some(cache), Some(ticket)) = (cache, ticket) {
+            cache.fill(ticket, grant, found.as_ref());
+        }
+        Ok(found)
+    }
+
+    /// Drops a grant this replica just wrote from its row cache, so that its own next read
+    /// sees the write (the other replicas hear of it from the database).
+    fn forget(&self, grant: &GrantKey) {
+        if let Some(cache) = &self.storage.rows {
+            cache.invalidate(grant);
+        }
+    }
+
+    /// Sealed rows cached in this replica (0 with the cache off).
+    pub fn cached_rows(&self) -> u64 {
+        self.storage.rows.as_ref().map_or(0, RowCache::entries)
     }
 
     /// The grant's access token, opened.
@@ -287,8 +345,8 @@ impl Vault {
     /// The grant's tokens, opened (the refresh token only if revealed).
     pub async fn open(&self, sealed: &SealedGrant, reveal: Reveal) -> Result<TokenSet, VaultError> {
         let key = self.row_key(sealed).await?;
-        let access = open_text(&key, Field::AccessToken, &sealed.row.access_token_ct)?;
-        let refresh = match (&sealed.row.refresh_token_ct, reveal) {
+        let access = open_text(&key, Field::AccessToken, &sealed.row().access_token_ct)?;
+        let refresh = match (&sealed.row().refresh_token_ct, reveal) {
             (Some(ct), Reveal::AccessAndRefreshToken) => {
                 Some(open_text(&key, Field::RefreshToken, ct)?)
             }
@@ -301,18 +359,18 @@ impl Vault {
                 .map(RefreshToken::parse)
                 .transpose()
                 .map_err(|_| VaultError::Corrupt("refresh token"))?,
-            expires_at: sealed.state.expires_at,
-            scopes: sealed.state.scopes.clone(),
+            expires_at: sealed.state().expires_at,
+            scopes: sealed.state().scopes.clone(),
         })
     }
 
     /// The unwrapped data key of a row (cached).
     async fn row_key(&self, sealed: &SealedGrant) -> Result<RowKey, VaultError> {
         let wrapped = WrappedKey {
-            key_id: sealed.row.kms_key_id.clone(),
-            blob: sealed.row.wrapped_data_key.clone(),
+            key_id: sealed.row().kms_key_id.clone(),
+            blob: sealed.row().wrapped_data_key.clone(),
         };
-        Ok(self.envelope.row_key(&wrapped, &sealed.key).await?)
+        Ok(self.envelope.row_key(&wrapped, sealed.key()).await?)
     }
 
     /// Deletes the grant, with its `grant.revoked` event (`provider_confirmed`: the
@@ -330,6 +388,7 @@ impl Vault {
             self.record(&mut tx, grant, &event).await?;
         }
         tx.commit().await?;
+        self.forget(grant);
         Ok(deleted)
     }
 
@@ -359,6 +418,7 @@ impl Vault {
     ) -> Result<u64, VaultError> {
         let mut tx = self.storage.db.begin().await?;
         let deleted = store::delete_user(&mut *tx, user).await?;
+        let mut forgotten = Vec::with_capacity(deleted.len());
         for name in &deleted {
             // A stored name that no longer parses has no event: nobody could name it.
             let Ok(provider) = ProviderName::parse(name) else {
@@ -369,8 +429,12 @@ impl Vault {
             };
             let grant = GrantKey::new(user.clone(), provider);
             self.record(&mut tx, &grant, &event).await?;
+            forgotten.push(grant);
         }
         tx.commit().await?;
+        for grant in &forgotten {
+            self.forget(grant);
+        }
         Ok(deleted.len() as u64)
     }
 
@@ -533,14 +597,16 @@ impl Vault {
             blob: row.wrapped_data_key.clone(),
         };
         let rewrapped = self.envelope.rewrap(&wrapped, &row.grant, key_arn).await?;
-        Ok(store::replace_wrapped_key(
+        let replaced = store::replace_wrapped_key(
             &self.storage.db,
             row.id,
             row.version,
             &rewrapped.key_id,
             &rewrapped.blob,
         )
-        .await?)
+        .await?;
+        self.forget(&row.grant);
+        Ok(replaced)
     }
 }
 
@@ -581,9 +647,9 @@ impl LockedGrant {
         token: &TokenSet,
     ) -> Result<bool, VaultError> {
         let row = self.reseal(sealed, token).await?;
-        let version = sealed.row.version;
+        let version = sealed.row().version;
         // A degraded grant that refreshed again has recovered.
-        let recovered = sealed.state.refresh_failures > 0;
+        let recovered = sealed.state().refresh_failures > 0;
         let endpoints = self.vault.lifecycle.endpoints.clone();
         let first = async {
             let written = write_refreshed(
@@ -599,7 +665,7 @@ impl LockedGrant {
             Ok::<_, sqlx::Error>(written)
         }
         .await;
-        match first {
+        let written = match first {
             Ok(written) => Ok(written),
             Err(err) => {
                 retry_write(
@@ -613,7 +679,9 @@ impl LockedGrant {
                 )
                 .await
             }
-        }
+        };
+        self.vault.forget(&self.key);
+        written
     }
 
     /// Marks the grant dead, but only while the refresh token that failed is still the
@@ -623,7 +691,7 @@ impl LockedGrant {
         sealed: &SealedGrant,
         error: &str,
     ) -> Result<bool, VaultError> {
-        let Some(failed) = &sealed.row.refresh_token_ct else {
+        let Some(failed) = &sealed.row().refresh_token_ct else {
             return Ok(false);
         };
         let marked =
@@ -635,6 +703,7 @@ impl LockedGrant {
             self.vault.record(&mut self.tx, &self.key, &event).await?;
         }
         self.tx.commit().await?;
+        self.vault.forget(&self.key);
         Ok(marked)
     }
 
@@ -649,13 +718,13 @@ impl LockedGrant {
         let recorded = store::record_transient_failure(
             &mut *self.tx,
             &self.key,
-            sealed.row.version,
+            sealed.row().version,
             error,
             retry_after,
         )
         .await?;
         // The first failure after a refresh that worked is the change to `degraded`.
-        if recorded && sealed.state.refresh_failures == 0 {
+        if recorded && sealed.state().refresh_failures == 0 {
             let event = GrantEvent::Degraded {
                 consecutive_failures: 1,
                 last_error: error.to_owned(),
@@ -664,6 +733,7 @@ impl LockedGrant {
             self.vault.record(&mut self.tx, &self.key, &event).await?;
         }
         self.tx.commit().await?;
+        self.vault.forget(&self.key);
         Ok(recorded)
     }
 
@@ -674,10 +744,10 @@ impl LockedGrant {
     ) -> Result<SealedRow, VaultError> {
         let now = Utc::now();
         let current = WrappedKey {
-            key_id: sealed.row.kms_key_id.clone(),
-            blob: sealed.row.wrapped_data_key.clone(),
+            key_id: sealed.row().kms_key_id.clone(),
+            blob: sealed.row().wrapped_data_key.clone(),
         };
-        let key_age = (now - sealed.row.data_key_created_at)
+        let key_age = (now - sealed.row().data_key_created_at)
             .to_std()
             .unwrap_or_default();
         if key_age >= self.vault.data_key_max_age {
@@ -699,7 +769,7 @@ impl LockedGrant {
         Ok(self.vault.seal(
             &self.key,
             &current,
-            sealed.row.data_key_created_at,
+            sealed.row().data_key_created_at,
             &key,
             token,
             now,

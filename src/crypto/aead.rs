@@ -10,9 +10,10 @@
 //! - **Associated data** binds a ciphertext to its row and field: a length-prefixed encoding
 //!   of a domain label, the format version, the user id, the provider and the field name.
 //!   A ciphertext copied to another row or field fails to open.
-//! - **Keys** live in [`SealingKey`] only: the plaintext bytes are copied into the cipher's
-//!   key schedule and zeroized; the cipher zeroizes itself on drop (`aes`/`aes-gcm` with
-//!   `zeroize`). `Debug` prints nothing secret.
+//! - **Keys** live in [`SealingKey`] only: the 32 plaintext bytes, zeroized on drop. Each
+//!   seal or open expands them into a cipher for that call alone (about a kilobyte, which
+//!   the unwrap cache would otherwise hold per key), and the cipher zeroizes itself on drop
+//!   (`aes`/`aes-gcm` with `zeroize`). `Debug` prints nothing secret.
 //! - Every failure to open is the same opaque [`OpenError`]: no oracle on which check failed.
 
 use std::fmt;
@@ -57,7 +58,7 @@ pub struct OpenError;
 
 /// A row's data key, ready to seal and open. Zeroized on drop; redacted in `Debug`.
 pub struct SealingKey {
-    cipher: Aes256Gcm,
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl SealingKey {
@@ -66,10 +67,14 @@ impl SealingKey {
         if bytes.len() != 32 {
             return None;
         }
-        let key = Key::<Aes256Gcm>::from_slice(bytes);
-        Some(Self {
-            cipher: Aes256Gcm::new(key),
-        })
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(bytes);
+        Some(Self { bytes: key })
+    }
+
+    /// The key expanded for one call; zeroized when the call drops it.
+    fn cipher(&self) -> Aes256Gcm {
+        Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.bytes.as_slice()))
     }
 
     pub fn seal(&self, row: RowRef<'_>, field: Field, plaintext: &[u8]) -> Vec<u8> {
@@ -86,7 +91,7 @@ impl SealingKey {
     ) -> Vec<u8> {
         let aad = associated_data(FORMAT_VERSION, row, field);
         let sealed = self
-            .cipher
+            .cipher()
             .encrypt(
                 nonce,
                 Payload {
@@ -114,7 +119,7 @@ impl SealingKey {
         }
         let (nonce, sealed) = envelope[1..].split_at(NONCE_LEN);
         let aad = associated_data(envelope[0], row, field);
-        self.cipher
+        self.cipher()
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {

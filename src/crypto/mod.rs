@@ -95,7 +95,7 @@ impl fmt::Debug for RowKey {
 #[derive(Clone)]
 pub struct Envelope {
     kms: Kms,
-    /// Keyed by a SHA-256 of the wrapped key and its context, holding the ready cipher.
+    /// Keyed by a SHA-256 of the wrapped key and its context, holding the 32 key bytes.
     cache: Cache<[u8; 32], Arc<SealingKey>>,
     metrics: Metrics,
     /// The last readiness answer and when KMS gave it.

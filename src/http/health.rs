@@ -118,6 +118,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         .metrics
         .unwrap_cache_entries
         .set(i64::try_from(cached).unwrap_or(i64::MAX));
+    state
+        .metrics
+        .row_cache_entries
+        .set(i64::try_from(state.vault.cached_rows()).unwrap_or(i64::MAX));
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -240,13 +240,20 @@ impl Refresher {
         min_validity: Option<Duration>,
     ) -> Outcome {
         let inner = &self.inner;
+        let buffer = inner.settings.buffer;
+        let validity = Validity::AtLeast(min_validity.map_or(buffer, |v| v.max(buffer)));
+        let now = Utc::now();
+        // The row cache answers only what it can serve as it is; anything else is decided
+        // on the row as stored now.
+        let servable = |state: &_| policy::decide(state, now, scopes, validity) == Decision::Serve;
+        if let Some(cached) = inner.vault.cached(grant, servable) {
+            return Ok(inner.vault.open_access(&cached).await?);
+        }
         let sealed = inner
             .vault
             .read(grant)
             .await?
             .ok_or(RefreshError::NotFound)?;
-        let buffer = inner.settings.buffer;
-        let validity = Validity::AtLeast(min_validity.map_or(buffer, |v| v.max(buffer)));
         match policy::decide(sealed.state(), Utc::now(), scopes, validity) {
             Decision::Serve => Ok(inner.vault.open_access(&sealed).await?),
             // The flight also answers for a grant it cannot refresh (no OAuth client for

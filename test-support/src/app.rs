@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use token_store::auth::key_hash_hex;
 use token_store::config::{
-    ClientConfig, Config, DatabaseConfig, KeeperConfig, KmsConfig, RefreshConfig, ServerConfig,
-    WebhooksConfig,
+    ClientConfig, Config, DatabaseConfig, KeeperConfig, KmsConfig, RefreshConfig, RowCacheConfig,
+    ServerConfig, WebhooksConfig,
 };
 use token_store::crypto::{KmsOperation, KmsOutcome};
 use token_store::startup::Application;
@@ -94,6 +94,7 @@ pub fn app_config(database_url: &str, key_id: &str, kms_endpoint: &str) -> Confi
             ..KeeperConfig::default()
         },
         webhooks: WebhooksConfig::default(),
+        row_cache: RowCacheConfig::default(),
     }
 }
 

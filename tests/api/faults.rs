@@ -78,6 +78,13 @@ async fn a_database_that_goes_away_gives_503_then_serves_again_without_restart()
     assert_eq!(app.get_token("alice", "google").await.status(), 200);
 
     proxy.down();
+    // A read may be answered from the row cache until its listening connection is missed
+    // (at most `max_staleness`); after that, only by the database.
+    let deadline = Instant::now() + config_staleness() + Duration::from_secs(2);
+    while app.get_token("alice", "google").await.status() == 200 {
+        assert!(Instant::now() < deadline, "the cache kept serving without the database");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..2 {
         let read = app.get_token("alice", "google").await;
         assert!(read.headers().contains_key("retry-after"));
@@ -100,6 +107,10 @@ async fn a_database_that_goes_away_gives_503_then_serves_again_without_restart()
         assert!(Instant::now() < deadline, "never served again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn config_staleness() -> Duration {
+    token_store::config::RowCacheConfig::default().max_staleness
 }
 
 /// A token valid for two more minutes: inside the 5-minute refresh buffer, not expired.

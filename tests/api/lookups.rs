@@ -67,7 +67,8 @@ async fn concurrent_reads_of_many_pairs_each_get_their_own_row() {
 
 #[tokio::test]
 async fn a_read_survives_the_server_closing_the_reading_connection() {
-    let app = TestApp::spawn().await;
+    // Every read must reach the reading connection: no row cache.
+    let app = TestApp::spawn_configured(|config| config.row_cache.enabled = false).await;
     let body = token_body("reconnect");
     app.put_token("alice", "google", &body).await;
     assert_eq!(app.get_token("alice", "google").await.status(), 200);
