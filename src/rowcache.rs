@@ -48,6 +48,9 @@ use crate::refresh::policy::after;
 use crate::store;
 use crate::vault::SealedGrant;
 
+/// `application_name` of the listening session (`pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "token-store-listen";
+
 /// Invalidation counters, one per stripe of grants: a fill checks its grant's stripe only,
 /// so changes of other grants rarely turn it away.
 const STRIPES: usize = 1024;
@@ -110,7 +113,15 @@ impl RowCache {
         margin: Duration,
         metrics: &Metrics,
     ) -> Self {
-        let cache = Self {
+        let cache = Self::new(config, margin, metrics);
+        tokio::spawn(listen(Arc::downgrade(&cache.inner), pool.clone()));
+        tokio::spawn(beat(Arc::downgrade(&cache.inner), pool.clone()));
+        cache
+    }
+
+    /// The cache without its tasks: it serves once it hears a heartbeat.
+    fn new(config: &RowCacheConfig, margin: Duration, metrics: &Metrics) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 rows: Cache::builder()
                     .max_capacity(config.max_entries)
@@ -126,10 +137,7 @@ impl RowCache {
                 margin,
                 metrics: metrics.clone(),
             }),
-        };
-        tokio::spawn(listen(Arc::downgrade(&cache.inner), pool.clone()));
-        tokio::spawn(beat(Arc::downgrade(&cache.inner), pool.clone()));
-        cache
+        }
     }
 
     /// The cached row of a grant, if the cache is serving, holds one, and may answer with
@@ -230,6 +238,14 @@ impl Inner {
         heard != 0 && self.now_us().saturating_sub(heard) <= limit
     }
 
+    /// How long the listener may wait for its next heartbeat: until `max_staleness` after
+    /// the latest one heard, or after it began listening if none was heard since.
+    fn silence_left(&self, listening_since: u64) -> Duration {
+        let since = self.heard.load(Ordering::SeqCst).max(listening_since);
+        let silent = Duration::from_micros(self.now_us().saturating_sub(since));
+        self.max_staleness.saturating_sub(silent)
+    }
+
     fn stripe(&self, grant: &GrantKey) -> usize {
         (self.hasher.hash_one(grant) % STRIPES as u64) as usize
     }
@@ -273,14 +289,19 @@ impl Inner {
 }
 
 /// Listens for changes until the cache is dropped, on a new connection whenever the last
-/// one failed or fell silent for `max_staleness`.
+/// one failed or brought back no heartbeat for `max_staleness`.
 async fn listen(cache: Weak<Inner>, pool: PgPool) {
     let mut pause = Duration::from_millis(50);
     loop {
         let Some(max_staleness) = cache.upgrade().map(|c| c.max_staleness) else {
             return;
         };
-        let mut listener = match tokio::time::timeout(max_staleness, store::listen(&pool)).await {
+        // The pool's options as they are now: the credentials may have been rotated since.
+        let options = (*pool.connect_options())
+            .clone()
+            .application_name(APPLICATION_NAME);
+        let connecting = store::listen(options, max_staleness);
+        let mut listener = match tokio::time::timeout(max_staleness, connecting).await {
             Ok(Ok(listener)) => listener,
             failed => {
                 let error = match failed {
@@ -294,8 +315,14 @@ async fn listen(cache: Weak<Inner>, pool: PgPool) {
             }
         };
         pause = Duration::from_millis(50);
+        let Some(listening_since) = cache.upgrade().map(|c| c.now_us()) else {
+            return;
+        };
         loop {
-            let received = tokio::time::timeout(max_staleness, listener.try_recv()).await;
+            let Some(wait) = cache.upgrade().map(|c| c.silence_left(listening_since)) else {
+                return;
+            };
+            let received = tokio::time::timeout(wait, listener.try_recv()).await;
             let Some(cache) = cache.upgrade() else {
                 return;
             };
@@ -306,7 +333,7 @@ async fn listen(cache: Weak<Inner>, pool: PgPool) {
                 }
                 Ok(Ok(None)) => "the connection was closed".to_owned(),
                 Ok(Err(err)) => err.to_string(),
-                Err(_) => "nothing arrived within max_staleness".to_owned(),
+                Err(_) => "no heartbeat came back within max_staleness".to_owned(),
             };
             tracing::warn!(reason = %why, "the row cache's listening connection failed; emptying the cache and listening again");
             cache.reset();
@@ -340,5 +367,159 @@ async fn beat(cache: Weak<Inner>, pool: PgPool) {
             Ok(Err(err)) => tracing::debug!(error = %err, "a row-cache heartbeat failed"),
             Err(_) => tracing::debug!("a row-cache heartbeat timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+    use crate::store::TokenRow;
+
+    fn grant(user: &str) -> GrantKey {
+        GrantKey::new(
+            UserId::parse(user).unwrap(),
+            ProviderName::parse("google").unwrap(),
+        )
+    }
+
+    fn sealed(grant: &GrantKey, id: i64, version: i64) -> SealedGrant {
+        let row = TokenRow {
+            id,
+            kms_key_id: "key".into(),
+            wrapped_data_key: vec![1; 8],
+            data_key_created_at: Utc::now(),
+            access_token_ct: vec![2; 8],
+            refresh_token_ct: None,
+            expires_at: Utc::now() + TimeDelta::hours(1),
+            scopes: vec![],
+            status: TokenStatus::Active,
+            version,
+            last_refresh_at: None,
+            refresh_failure_count: 0,
+            last_refresh_error: None,
+            refresh_retry_after: None,
+            next_refresh_at: None,
+        };
+        SealedGrant::new(grant.clone(), row).unwrap()
+    }
+
+    /// A cache that has just heard its own heartbeat.
+    fn serving() -> RowCache {
+        let cache = RowCache::new(
+            &RowCacheConfig::default(),
+            Duration::from_secs(300),
+            &Metrics::new(),
+        );
+        cache.hear_now();
+        cache
+    }
+
+    impl RowCache {
+        fn hear_now(&self) {
+            let inner = &self.inner;
+            let heartbeat = Message::Heartbeat {
+                heartbeat: inner.replica.clone(),
+                sent_us: inner.now_us().max(1),
+            };
+            inner.apply(&serde_json::to_string(&heartbeat).unwrap());
+        }
+
+        fn cached(&self, grant: &GrantKey) -> Option<(i64, i64)> {
+            self.get(grant, |_| true).map(|s| s.generation())
+        }
+    }
+
+    #[test]
+    fn nothing_is_served_before_a_heartbeat_or_after_a_reset() {
+        let alice = grant("alice");
+        let cache = RowCache::new(&RowCacheConfig::default(), Duration::ZERO, &Metrics::new());
+        assert!(
+            cache.ticket(&alice).is_none(),
+            "not serving: nothing is filled"
+        );
+        cache.hear_now();
+        let ticket = cache.ticket(&alice).unwrap();
+        cache.fill(ticket, &alice, Some(&sealed(&alice, 1, 1)));
+        assert_eq!(cache.cached(&alice), Some((1, 1)));
+        cache.inner.reset();
+        assert_eq!(cache.cached(&alice), None);
+        cache.hear_now();
+        assert_eq!(cache.cached(&alice), None, "a reset empties the cache");
+    }
+
+    #[test]
+    fn another_replicas_heartbeat_proves_nothing() {
+        let cache = RowCache::new(&RowCacheConfig::default(), Duration::ZERO, &Metrics::new());
+        cache
+            .inner
+            .apply(r#"{"heartbeat":"another replica","sent_us":1}"#);
+        assert!(!cache.inner.is_serving());
+    }
+
+    #[test]
+    fn a_heartbeat_older_than_max_staleness_stops_serving() {
+        let config = RowCacheConfig {
+            max_staleness: Duration::from_millis(20),
+            ..RowCacheConfig::default()
+        };
+        let cache = RowCache::new(&config, Duration::ZERO, &Metrics::new());
+        cache.hear_now();
+        assert!(cache.inner.is_serving());
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!cache.inner.is_serving());
+        assert!(cache.inner.silence_left(0).is_zero());
+    }
+
+    #[test]
+    fn a_change_announced_while_a_miss_reads_keeps_the_older_row_out() {
+        let (alice, bob) = (grant("alice"), grant("bob"));
+        let cache = serving();
+        let ticket = cache.ticket(&alice).unwrap();
+        // The row is read (version 1); meanwhile a write commits and is announced.
+        cache.inner.apply(r#"{"user":"alice","provider":"google"}"#);
+        cache.fill(ticket, &alice, Some(&sealed(&alice, 1, 1)));
+        assert_eq!(cache.cached(&alice), None);
+        // Another grant's change does not turn a fill away.
+        let ticket = cache.ticket(&bob).unwrap();
+        cache.fill(ticket, &bob, Some(&sealed(&bob, 2, 1)));
+        assert_eq!(cache.cached(&bob), Some((2, 1)));
+    }
+
+    #[test]
+    fn an_older_read_never_replaces_a_newer_one_and_a_missing_row_drops_it() {
+        let alice = grant("alice");
+        let cache = serving();
+        let (older, newer) = (cache.ticket(&alice).unwrap(), cache.ticket(&alice).unwrap());
+        cache.fill(newer, &alice, Some(&sealed(&alice, 1, 2)));
+        cache.fill(older, &alice, Some(&sealed(&alice, 1, 1)));
+        assert_eq!(cache.cached(&alice), Some((1, 2)));
+        // Deleted and stored again: a new row, whatever its version.
+        let ticket = cache.ticket(&alice).unwrap();
+        cache.fill(ticket, &alice, Some(&sealed(&alice, 7, 1)));
+        assert_eq!(cache.cached(&alice), Some((7, 1)));
+        let ticket = cache.ticket(&alice).unwrap();
+        cache.fill(ticket, &alice, None);
+        assert_eq!(cache.cached(&alice), None);
+    }
+
+    #[test]
+    fn a_row_that_needs_the_database_is_not_served() {
+        let alice = grant("alice");
+        let cache = RowCache::new(
+            &RowCacheConfig::default(),
+            Duration::from_secs(2 * 3600),
+            &Metrics::new(),
+        );
+        cache.hear_now();
+        let ticket = cache.ticket(&alice).unwrap();
+        cache.fill(ticket, &alice, Some(&sealed(&alice, 1, 1)));
+        assert_eq!(cache.cached(&alice), None, "expires within the margin");
+        let cache = serving();
+        let ticket = cache.ticket(&alice).unwrap();
+        cache.fill(ticket, &alice, Some(&sealed(&alice, 1, 1)));
+        assert_eq!(cache.get(&alice, |_| false).map(|s| s.generation()), None);
+        assert_eq!(cache.cached(&alice), Some((1, 1)));
     }
 }

@@ -5,10 +5,11 @@
 //! free of a database or an offline cache.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgListener, PgRow, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow, PgTypeInfo, PgValueRef};
 use sqlx::{FromRow, PgExecutor, PgPool, Postgres, Row};
 
 use crate::domain::{GrantKey, ProviderName, TokenStatus, UserId};
@@ -144,9 +145,15 @@ pub async fn find_many(
 /// heartbeats: notifications on one channel arrive in commit order.
 pub const GRANT_CHANNEL: &str = "token_store_grants";
 
-/// A connection listening on [`GRANT_CHANNEL`], connected as `pool` connects.
-pub async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await?;
+/// A new connection listening on [`GRANT_CHANNEL`]. It has a pool of its own: a listener
+/// given up because it hangs keeps its connection until the hang ends, and must not keep
+/// the next one from connecting.
+pub async fn listen(options: PgConnectOptions, timeout: Duration) -> sqlx::Result<PgListener> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(timeout)
+        .connect_lazy_with(options);
+    let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(GRANT_CHANNEL).await?;
     Ok(listener)
 }
@@ -254,7 +261,7 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
 pub async fn lock_grant(
     tx: &mut sqlx::PgConnection,
     grant: &GrantKey,
-    lock_timeout: std::time::Duration,
+    lock_timeout: Duration,
 ) -> sqlx::Result<()> {
     // `set local` takes no bind parameters; set_config(..., true) is its parameterised form.
     sqlx::query("select set_config('lock_timeout', $1, true)")

@@ -145,7 +145,7 @@ struct Sealed {
 }
 
 impl SealedGrant {
-    fn new(key: GrantKey, mut row: TokenRow) -> Result<Self, VaultError> {
+    pub(crate) fn new(key: GrantKey, mut row: TokenRow) -> Result<Self, VaultError> {
         let scopes = std::mem::take(&mut row.scopes)
             .iter()
             .map(|s| Scope::parse(s))

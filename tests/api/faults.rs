@@ -82,7 +82,10 @@ async fn a_database_that_goes_away_gives_503_then_serves_again_without_restart()
     // (at most `max_staleness`); after that, only by the database.
     let deadline = Instant::now() + config_staleness() + Duration::from_secs(2);
     while app.get_token("alice", "google").await.status() == 200 {
-        assert!(Instant::now() < deadline, "the cache kept serving without the database");
+        assert!(
+            Instant::now() < deadline,
+            "the cache kept serving without the database"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for _ in 0..2 {

@@ -21,6 +21,7 @@ mod races;
 mod refresh;
 mod revoke;
 mod rewrap;
+mod row_cache;
 mod secrets;
 mod strict;
 mod tokens;
