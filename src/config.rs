@@ -336,7 +336,7 @@ impl RefreshConfig {
 /// a TOML array). Other `TOKEN_STORE_*` names (`TOKEN_STORE_CONFIG`, a script's own) are
 /// not configuration and are left alone.
 fn environment() -> Env {
-    const SECTIONS: [&str; 8] = [
+    const SECTIONS: [&str; 9] = [
         "server",
         "database",
         "kms",
@@ -345,6 +345,7 @@ fn environment() -> Env {
         "clients",
         "keeper",
         "webhooks",
+        "row_cache",
     ];
     Env::prefixed("TOKEN_STORE_")
         .filter(|key| {
@@ -436,6 +437,22 @@ pub struct RowCacheConfig {
     /// cache until it listens again.
     #[serde(rename = "max_staleness_ms", deserialize_with = "millis")]
     pub max_staleness: Duration,
+}
+
+impl RowCacheConfig {
+    /// The reason the service must not start, if any.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let bounds = Duration::from_millis(100)..=Duration::from_secs(60);
+        if !bounds.contains(&self.max_staleness) {
+            bail!("row_cache.max_staleness_ms must be between 100 and 60000");
+        }
+        if self.max_entries == 0 {
+            bail!(
+                "row_cache.max_entries must be at least 1 (enabled = false switches the cache off)"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for RowCacheConfig {
@@ -690,6 +707,8 @@ mod tests {
             jail.set_env("TOKEN_STORE_KMS__KEY_ID", "alias/from-env");
             jail.set_env("TOKEN_STORE_PROVIDERS__GOOGLE__CLIENT_SECRET", "123456");
             jail.set_env("TOKEN_STORE_REFRESH__BUFFER_SECONDS", "60");
+            jail.set_env("TOKEN_STORE_ROW_CACHE__ENABLED", "false");
+            jail.set_env("TOKEN_STORE_ROW_CACHE__MAX_STALENESS_MS", "500");
             jail.set_env("TOKEN_STORE_CONFIG", "token-store.toml");
             jail.set_env("TOKEN_STORE_CACHE_DIR", "/tmp/elsewhere");
             let config = Config::load(Path::new("token-store.toml")).map_err(|e| e.to_string())?;
@@ -699,10 +718,34 @@ mod tests {
                 "postgres://from-file/db"
             );
             assert_eq!(config.refresh.buffer, Duration::from_secs(60));
+            assert!(!config.row_cache.enabled);
+            assert_eq!(config.row_cache.max_staleness, Duration::from_millis(500));
             let google = &config.providers["google"];
             assert_eq!(google.client_secret.expose_secret(), "123456");
             Ok(())
         });
+    }
+
+    #[test]
+    fn row_cache_bounds_are_checked() {
+        let config = RowCacheConfig::default();
+        assert!(config.check().is_ok());
+        for wrong in [
+            RowCacheConfig {
+                max_staleness: Duration::from_millis(99),
+                ..config.clone()
+            },
+            RowCacheConfig {
+                max_staleness: Duration::from_secs(61),
+                ..config.clone()
+            },
+            RowCacheConfig {
+                max_entries: 0,
+                ..config.clone()
+            },
+        ] {
+            assert!(wrong.check().is_err(), "{wrong:?}");
+        }
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl Application {
         let current = credentials.as_ref().map(|(_, current)| current);
         let db = connect(&config.database, current).await?;
         let lock_pool =
-            connect_lock_pool(&config.database, refresh_settings.lock_timeout, current)?;
+            connect_lock_pool(&config.database, refresh_settings.lock_timeout, current, 1)?;
         if let Some((source, current)) = credentials {
             tokio::spawn(
                 source.keep_fresh(
@@ -96,10 +96,17 @@ impl Application {
             config.database.acquire_timeout,
             &metrics,
         );
-        let rows = config
-            .row_cache
-            .enabled
-            .then(|| RowCache::start(&db, &config.row_cache, refresh_settings.buffer, &metrics));
+        let rows = if config.row_cache.enabled {
+            config.row_cache.check()?;
+            Some(RowCache::start(
+                &db,
+                &config.row_cache,
+                refresh_settings.buffer,
+                &metrics,
+            ))
+        } else {
+            None
+        };
         let storage = Storage {
             db,
             locks: lock_pool,
@@ -258,10 +265,14 @@ async fn connect(
 /// The pool that holds refresh locks. Lazy: it connects at the first refresh. A statement
 /// there may wait for the pair's advisory lock for up to `lock_wait` (bounded by the lock
 /// itself), so its `statement_timeout` is that plus the usual one.
+/// The lock pool, lazy: it connects in the background, keeping `warm` connections open
+/// so that the first refresh after a quiet spell (a refresh storm, say) does not also pay
+/// for connecting (a TLS handshake and authentication).
 fn connect_lock_pool(
     config: &DatabaseConfig,
     lock_wait: Duration,
     credentials: Option<&DbCredentials>,
+    warm: u32,
 ) -> anyhow::Result<PgPool> {
     let statement_timeout = lock_wait + config.statement_timeout;
     let options = limited(
@@ -272,6 +283,7 @@ fn connect_lock_pool(
     .application_name(LOCK_APPLICATION_NAME);
     Ok(PgPoolOptions::new()
         .max_connections(config.lock_pool_connections)
+        .min_connections(warm.min(config.lock_pool_connections))
         .acquire_timeout(lock_wait)
         .connect_lazy_with(options))
 }
@@ -282,7 +294,7 @@ pub async fn job_vault(config: &Config, key_id: String) -> anyhow::Result<Vault>
     let metrics = Metrics::new();
     let db = connect(&config.database, None).await?;
     let storage = Storage {
-        locks: connect_lock_pool(&config.database, config.refresh.lock_timeout, None)?,
+        locks: connect_lock_pool(&config.database, config.refresh.lock_timeout, None, 0)?,
         lookups: Lookups::start(&db, 1, config.database.acquire_timeout, &metrics),
         // A job reads each row once: a cache would only hold memory.
         rows: None,
