@@ -1,11 +1,11 @@
 //! KMS economy: Decrypts per distinct data key on a cold then a warm pass (and the memory
-//! the cold pass's keys take), and KMS calls per refresh.
+//! the cached keys and rows take), and KMS calls per refresh.
 
 use sqlx::PgPool;
 use test_support::FakeProvider;
 
 use crate::load::{self, Connection, Run};
-use crate::report::{Pass, Refresh};
+use crate::report::{Pass, Refresh, Rss};
 use crate::service::{Metrics, Service};
 use crate::setup;
 
@@ -13,13 +13,15 @@ pub struct Passes {
     pub distinct_keys: i64,
     pub cold: Pass,
     pub warm: Pass,
-    pub rss_before_kib: u64,
-    pub rss_after_cold_kib: u64,
+    /// Before the cold pass, and after the warm pass: every data key and row cached.
+    pub rss: Rss,
+    /// `token_store_row_cache_entries` after the warm pass.
+    pub rows_cached: Option<f64>,
 }
 
-/// A cold pass then a warm pass over `users`. `service` must have just started (empty
-/// unwrap cache). `warm_up_user`, not one of `users`, is read first on every connection so
-/// that pools and buffers exist before memory is measured.
+/// A cold pass then a warm pass over `users`. `service` must have just started, with its
+/// row cache on (empty unwrap and row caches). The cold pass caches every user's data key
+/// and row, the warm pass whatever row the cold one could not.
 pub async fn passes(
     service: &Service,
     connections: &mut [Connection],
@@ -27,15 +29,15 @@ pub async fn passes(
     users: &[u64],
     warm_up_user: u64,
 ) -> anyhow::Result<Passes> {
-    let warm_up = vec![warm_up_user; connections.len() * 4];
-    load::pass(connections, &warm_up).await;
+    warm_up(connections, warm_up_user).await;
+    // Until its first heartbeat comes back, the row cache caches nothing.
+    service.wait_for_row_cache(warm_up_user).await?;
     let distinct_keys = setup::distinct_keys(db, users).await?;
     let rss_before_kib = service.rss_kib()?;
     let before = service.metrics().await?;
 
     let cold = load::pass(connections, users).await;
     let after_cold = service.metrics().await?;
-    let rss_after_cold_kib = service.rss_kib()?;
 
     let warm = load::pass(connections, users).await;
     let after_warm = service.metrics().await?;
@@ -44,9 +46,36 @@ pub async fn passes(
         distinct_keys,
         cold: pass(&cold, &before, &after_cold, distinct_keys),
         warm: pass(&warm, &after_cold, &after_warm, distinct_keys),
-        rss_before_kib,
-        rss_after_cold_kib,
+        rss: Rss {
+            before_kib: rss_before_kib,
+            after_kib: service.rss_kib()?,
+        },
+        rows_cached: after_warm.gauge("token_store_row_cache_entries"),
     })
+}
+
+/// The resident memory of `service`, just started without a row cache, before and after a
+/// pass over `users`: what their data keys take in the unwrap cache alone.
+pub async fn keys_memory(
+    service: &Service,
+    connections: &mut [Connection],
+    users: &[u64],
+    warm_up_user: u64,
+) -> anyhow::Result<Rss> {
+    warm_up(connections, warm_up_user).await;
+    let before_kib = service.rss_kib()?;
+    load::pass(connections, users).await;
+    Ok(Rss {
+        before_kib,
+        after_kib: service.rss_kib()?,
+    })
+}
+
+/// Reads `warm_up_user` (not one of the measured users) a few times on every connection,
+/// so that pools and buffers exist before memory is measured.
+async fn warm_up(connections: &mut [Connection], warm_up_user: u64) {
+    let warm_up = vec![warm_up_user; connections.len() * 4];
+    load::pass(connections, &warm_up).await;
 }
 
 fn pass(run: &Run, from: &Metrics, to: &Metrics, distinct_keys: i64) -> Pass {

@@ -7,18 +7,21 @@
 //! `test-support` (in process, answering after a delay), seeds users through the API, then
 //! measures:
 //!
-//! 1. warm reads (`POST .../access-token`) at several concurrencies, and `pgbench` running
-//!    the same lookup on the same table: PostgreSQL's own limit;
+//! 1. warm reads (`POST .../access-token`) at several concurrencies, on an instance with its
+//!    row cache on and one with it off, and `pgbench` running the same lookup on the same
+//!    table: PostgreSQL's own limit; and the database statements a warm read costs with the
+//!    row cache on;
 //! 2. KMS economy: Decrypts per distinct data key on a cold then a warm pass after a restart,
-//!    the resident memory the cold pass's cached keys take, and KMS calls per refresh;
+//!    the resident memory the cached keys and rows take, and KMS calls per refresh;
 //! 3. a refresh storm over several instances, with a background load;
 //! 4. that the unwrap cache stays within its maximum entry count.
 //!
 //! It prints markdown tables, checks the figures against the targets the service should reach
-//! (`report.rs`), and writes the same figures as JSON. Latency percentiles come from HDR
-//! histograms (`hdrhistogram`). `scripts/bench.sh` builds it in release mode and runs it;
-//! `--smoke` is a seconds-long run for the test suite (`bench/tests/smoke.rs`). Its own work (load
-//! generation) runs on one thread, so it takes at most one core.
+//! (`report.rs`), writes the same figures as JSON and draws the warm reads as an SVG chart
+//! (`chart.rs`). Latency percentiles come from HDR histograms (`hdrhistogram`).
+//! `scripts/bench.sh` builds it in release mode and runs it; `--smoke` is a seconds-long run
+//! for the test suite (`bench/tests/smoke.rs`). Its own work (load generation) runs on one
+//! thread, so it takes at most one core.
 
 /// Progress on standard error.
 macro_rules! log {
@@ -26,6 +29,7 @@ macro_rules! log {
 }
 
 mod bound;
+mod chart;
 mod floor;
 mod keeper;
 mod kms;
@@ -48,7 +52,7 @@ use sqlx::PgPool;
 use test_support::{FakeProvider, Mode, TestDatabase, TestKmsKey};
 
 use crate::report::{Kms, Memory, Parameters, Results};
-use crate::service::{Launcher, Service, ServiceConfig, API_KEY};
+use crate::service::{Launcher, RowCache, Service, ServiceConfig, API_KEY};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -61,13 +65,18 @@ struct Args {
     /// Seconds per measurement (pgbench rounds up to whole seconds).
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
-    /// Warm reads: trials of service, HTTP floor and pgbench, alternated; each is reported
-    /// by its median trial.
+    /// Warm reads: trials of the service with its row cache off, pgbench, the service with
+    /// its row cache on and the HTTP floor, alternated; each is reported by its median trial.
     #[arg(long, default_value_t = 3)]
     trials: usize,
     /// Where the JSON results go; service configurations and logs go next to it.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
+    /// Where the warm reads' chart (SVG) goes. Default: `docs/benchmarks-reads.svg` of the
+    /// repository this bench was built from; with `--smoke`, `benchmarks-reads.svg` in the
+    /// work directory (next to the results).
+    #[arg(long)]
+    chart: Option<PathBuf>,
     /// A tiny, seconds-long run (20 users, 0.3 s measurements at concurrency 2, 4 and 8, a
     /// 30-request storm) that checks the benchmark works, not the service's speed. Drops its
     /// database at the end (a full run keeps it).
@@ -125,6 +134,13 @@ struct Args {
     /// here, and an expired key would turn warm reads into KMS calls.
     #[arg(long, default_value_t = 3_600)]
     cache_ttl_seconds: u64,
+    /// `[row_cache] ttl_seconds` of the instances with the row cache on. Longer than the
+    /// service's default (300 s) for the same reason as `--cache-ttl-seconds`: the warm-up
+    /// pass fills every row within a second, so with 300 s they would all expire at once
+    /// in the middle of the warm reads and turn a trial's reads into statements.
+    /// `[row_cache] max_entries` follows `--cache-max-entries`.
+    #[arg(long, default_value_t = 3_600)]
+    row_cache_ttl_seconds: u64,
     /// `kms.cache_max_entries` of the instance that checks the bound.
     #[arg(long, default_value_t = 1_000)]
     bound_max_entries: u64,
@@ -216,6 +232,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&args.out, json + "\n")
         .with_context(|| format!("writing {}", args.out.display()))?;
     log!("results written to {}", args.out.display());
+    let p = &results.parameters;
+    let caption = format!(
+        "Warm reads: {} users, median of {} trials of {} s",
+        p.users, p.trials, p.duration_s
+    );
+    chart::write(&results.chart, &caption, &chart::warm_reads(&results.reads))?;
+    log!("chart written to {}", results.chart.display());
     Ok(())
 }
 
@@ -240,6 +263,14 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     let storm_user = n + 1;
     let warm_up_user = n + 2;
     let cache_max_entries = args.cache_max_entries.unwrap_or(100_000.max(n + 2));
+    // The smoke run's count of database statements is incomplete rather than 11 s longer
+    // per trial.
+    let stats_flush = if args.smoke {
+        Duration::ZERO
+    } else {
+        setup::STATS_FLUSH
+    };
+    let chart_path = chart_path(args, &work_dir)?;
 
     log!("database {} on {}", args.database, args.database_server);
     // Dropped at the end of a smoke run (however it ends); a full run leaves it for a look.
@@ -262,6 +293,11 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         cache_ttl_seconds: args.cache_ttl_seconds,
         pool_size: args.pool_size,
         worker_threads: Some(args.service_worker_threads).filter(|&n| n > 0),
+        row_cache: RowCache {
+            enabled: true,
+            max_entries: cache_max_entries,
+            ttl_seconds: args.row_cache_ttl_seconds,
+        },
     };
     let launcher = Launcher {
         binary,
@@ -270,6 +306,16 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     };
     log!("starting {}", launcher.binary.display());
     let service = launcher.start("a", &config).await?;
+    let without_row_cache = ServiceConfig {
+        row_cache: RowCache {
+            enabled: false,
+            ..config.row_cache
+        },
+        ..config.clone()
+    };
+    let service_off = launcher
+        .start("a-row-cache-off", &without_row_cache)
+        .await?;
     let db = PgPool::connect(&database_url).await?;
     let machine = sys::Machine::describe(setup::postgres_version(&db).await?);
 
@@ -283,13 +329,24 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     log!("seeded in {:.1} s ({:.0}/s)", seed.seconds, seed.per_second);
     let lookup_plan = setup::lookup_plan(&db, 1).await?;
 
-    log!("warm-up pass over every user");
+    log!("warm-up pass over every user, on both instances");
+    service.wait_for_row_cache(warm_up_user).await?;
     let mut connections = load::connect(&[service.addr], 16, API_KEY).await?;
     load::pass(&mut connections, &readers).await;
+    // The instance without the row cache has served nothing yet: its pass shows what the
+    // data keys alone take.
+    let mut connections = load::connect(&[service_off.addr], 32, API_KEY).await?;
+    let keys_rss = kms::keys_memory(&service_off, &mut connections, &readers, warm_up_user).await?;
     drop(connections);
-    let reads = reads::compare(
-        &service,
+    let mut transactions =
+        setup::Transactions::connect(&args.database_server, &args.database).await?;
+    let (reads, idle_database) = reads::compare(
+        &reads::Instances {
+            row_cache_on: &service,
+            row_cache_off: &service_off,
+        },
         &database_url,
+        &mut transactions,
         &reads::Plan {
             users: n,
             concurrencies: &args.concurrency,
@@ -297,9 +354,12 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
             trials: args.trials,
             work_dir: &work_dir,
             patience,
+            stats_flush,
         },
     )
     .await?;
+    transactions.close().await?;
+    service_off.stop().await?;
 
     log!("KMS economy: restarting the service (empty cache), cold pass then warm pass");
     service.stop().await?;
@@ -402,6 +462,9 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
             background_users: background_users.len() as u64,
             cache_max_entries,
             cache_ttl_seconds: args.cache_ttl_seconds,
+            row_cache_max_entries: cache_max_entries,
+            row_cache_ttl_seconds: args.row_cache_ttl_seconds,
+            stats_flush_s: stats_flush.as_secs_f64(),
             bound_max_entries: args.bound_max_entries,
             pool_size: args.pool_size,
             service_worker_threads: args.service_worker_threads,
@@ -412,11 +475,13 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         seed,
         lookup_plan,
         reads,
+        idle_database,
         memory: Memory::new(
             cache_max_entries,
             keys,
-            passes.rss_before_kib,
-            passes.rss_after_cold_kib,
+            &keys_rss,
+            &passes.rss,
+            passes.rows_cached,
             bound,
         ),
         kms: Kms {
@@ -427,6 +492,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
         },
         storm,
         targets: Vec::new(),
+        chart: chart_path,
     };
     results.check_targets();
     Ok(results)
@@ -457,6 +523,11 @@ async fn run_keeper(args: &Args) -> anyhow::Result<keeper::KeeperCost> {
         cache_ttl_seconds: args.cache_ttl_seconds,
         pool_size: args.pool_size,
         worker_threads: Some(args.service_worker_threads).filter(|&n| n > 0),
+        row_cache: RowCache {
+            enabled: true,
+            max_entries: 100_000,
+            ttl_seconds: args.row_cache_ttl_seconds,
+        },
     };
     let launcher = Launcher {
         binary,
@@ -498,8 +569,23 @@ fn work_dir(args: &Args) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// `share` of the warm-read throughput at concurrency 16 (else the best measured); `None`
-/// for a closed loop.
+/// `--chart`; else, with `--smoke`, the work directory; else `docs/benchmarks-reads.svg`
+/// of the repository this bench was built from.
+fn chart_path(args: &Args, work_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if let Some(path) = &args.chart {
+        return Ok(path.clone());
+    }
+    if args.smoke {
+        return Ok(work_dir.join("benchmarks-reads.svg"));
+    }
+    let repository = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("the bench crate has no parent directory")?;
+    Ok(repository.join("docs").join("benchmarks-reads.svg"))
+}
+
+/// `share` of the warm-read throughput with the row cache on (as the storm's instances run)
+/// at concurrency 16 (else the best measured); `None` for a closed loop.
 fn background_rate(reads: &[report::ReadsAt], share: f64) -> Option<f64> {
     if share <= 0.0 {
         return None;
@@ -507,7 +593,12 @@ fn background_rate(reads: &[report::ReadsAt], share: f64) -> Option<f64> {
     let capacity = reads
         .iter()
         .find(|r| r.concurrency == 16)
-        .map(|r| r.service.tps)
-        .or_else(|| reads.iter().map(|r| r.service.tps).reduce(f64::max))?;
+        .map(|r| r.service_row_cache_on.tps)
+        .or_else(|| {
+            reads
+                .iter()
+                .map(|r| r.service_row_cache_on.tps)
+                .reduce(f64::max)
+        })?;
     Some(share * capacity)
 }

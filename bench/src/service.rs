@@ -11,6 +11,7 @@ use tokio::process::{Child, Command};
 
 use token_store::crypto::{KmsOperation, KmsOutcome};
 
+use crate::load;
 use crate::sys;
 
 /// The API key the benchmark calls with; the service knows only its SHA-256.
@@ -32,7 +33,21 @@ pub struct ServiceConfig {
     pub pool_size: Option<u32>,
     /// Tokio worker threads of the service (`TOKIO_WORKER_THREADS`); `None`: one per CPU.
     pub worker_threads: Option<usize>,
+    pub row_cache: RowCache,
 }
+
+/// `[row_cache]`: each replica's cache of sealed rows.
+#[derive(Clone, Copy)]
+pub struct RowCache {
+    /// `false`: every read asks the database (what warm reads compare against).
+    pub enabled: bool,
+    pub max_entries: u64,
+    pub ttl_seconds: u64,
+}
+
+/// `[row_cache] max_staleness_ms` of every instance: the service's default (a heartbeat
+/// every quarter of it, about 4 `NOTIFY`s a second per replica with the row cache on).
+const ROW_CACHE_MAX_STALENESS_MS: u64 = 1000;
 
 impl ServiceConfig {
     fn toml(&self, listen: SocketAddr) -> String {
@@ -56,6 +71,12 @@ endpoint_url = "{kms_endpoint}"
 cache_max_entries = {cache_max_entries}
 cache_ttl_seconds = {cache_ttl_seconds}
 
+[row_cache]
+enabled = {row_cache_enabled}
+max_entries = {row_cache_max_entries}
+ttl_seconds = {row_cache_ttl_seconds}
+max_staleness_ms = {row_cache_max_staleness_ms}
+
 {provider}
 [[clients]]
 name = "bench"
@@ -67,6 +88,10 @@ permissions = ["read", "write", "refresh", "revoke", "read_refresh_token"]
             kms_endpoint = self.kms_endpoint,
             cache_max_entries = self.cache_max_entries,
             cache_ttl_seconds = self.cache_ttl_seconds,
+            row_cache_enabled = self.row_cache.enabled,
+            row_cache_max_entries = self.row_cache.max_entries,
+            row_cache_ttl_seconds = self.row_cache.ttl_seconds,
+            row_cache_max_staleness_ms = ROW_CACHE_MAX_STALENESS_MS,
             provider = self.provider,
             key_hash = token_store::auth::key_hash_hex(API_KEY),
         )
@@ -182,6 +207,25 @@ impl Service {
         Ok(Metrics(text))
     }
 
+    /// Waits (at most 10 s) until the row cache serves: until its first heartbeat comes back
+    /// every read bypasses it and nothing is cached, so a pass run earlier would fill
+    /// nothing. Reads `user` until one is a hit.
+    pub async fn wait_for_row_cache(&self, user: u64) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut connection = load::Connection::open(self.addr, API_KEY).await?;
+        loop {
+            let hits = self.metrics().await?.row_cache("hit");
+            connection.access_token(user).await?;
+            if self.metrics().await?.row_cache("hit") > hits {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("the row cache of {} did not serve within 10 s", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid
     }
@@ -230,6 +274,22 @@ impl Metrics {
 
     pub fn cache_misses(&self) -> f64 {
         self.value("token_store_unwrap_cache_misses_total", &[])
+    }
+
+    /// Statements of the read path (`store::find` or `find_many`), however many lookups
+    /// each answered.
+    pub fn lookup_statements(&self) -> f64 {
+        self.value("token_store_lookup_batch_size_count", &[])
+    }
+
+    /// Reads the row cache answered with `outcome`: `hit`, `miss` or `bypass` (the cache was
+    /// not serving, its replica not having heard its own heartbeat in time, or the cached
+    /// row needed the database, e.g. a token due for refresh).
+    pub fn row_cache(&self, outcome: &str) -> f64 {
+        self.value(
+            "token_store_row_cache_requests_total",
+            &[("outcome", outcome)],
+        )
     }
 }
 

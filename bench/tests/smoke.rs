@@ -11,7 +11,7 @@ use test_support::{database_server_url, kms_endpoint, TestDatabase};
 
 #[test]
 fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
-    let (results, stdout) = run_bench("bench_smoke", &[]);
+    let (results, stdout, _dir) = run_bench("bench_smoke", &[]);
 
     for section in [
         "machine",
@@ -29,10 +29,26 @@ fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
     let reads = results["reads"].as_array().unwrap();
     assert_eq!(reads.len(), 3, "one entry per concurrency: {reads:?}");
     for r in reads {
-        assert!(r["service"]["requests"].as_u64().unwrap() > 0, "{r}");
+        for service in ["service_row_cache_on", "service_row_cache_off"] {
+            assert!(r[service]["requests"].as_u64().unwrap() > 0, "{r}");
+            assert_eq!(r[service]["errors"], 0, "{r}");
+        }
         assert!(r["pgbench"]["tps"].as_f64().unwrap() > 0.0, "{r}");
-        assert_eq!(r["service"]["errors"], 0, "{r}");
+        // Every user was read on the instance with the row cache before: its reads hit.
+        let statements = &r["statements"];
+        assert!(statements["row_cache_hits"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            statements["service_selects_per_read"].as_f64().is_some(),
+            "{r}"
+        );
+        assert!(statements["database_per_read"].as_f64().is_some(), "{r}");
     }
+    let chart = std::path::PathBuf::from(results["chart"].as_str().unwrap());
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("row cache on"),
+        "{svg}"
+    );
     assert_eq!(results["kms"]["cold"]["errors"], 0);
     assert_eq!(results["kms"]["warm"]["decrypts"], 0.0);
     assert_eq!(
@@ -42,14 +58,23 @@ fn the_benchmark_runs_in_smoke_mode_and_reports_every_section() {
     let storm = &results["storm"];
     assert_eq!(storm["provider_calls"], 1, "{storm}");
     assert_eq!(storm["succeeded"], storm["requests"], "{storm}");
-    assert!(results["memory"]["rss_after_kib"].as_u64().unwrap() > 0);
+    assert!(storm["cpu"]["service_us_per_request"].as_f64().is_some());
+    let memory = &results["memory"];
+    assert!(memory["rss_after_kib"].as_u64().unwrap() > 0);
+    assert!(memory["grants_rss_after_kib"].as_u64().unwrap() > 0);
+    assert!(memory["bytes_per_grant"].as_f64().is_some());
+    // The cold and warm passes cached every user's row.
+    assert!(
+        memory["rows_cached"].as_f64().unwrap() >= results["parameters"]["users"].as_f64().unwrap(),
+        "{memory}"
+    );
     assert!(!results["targets"].as_array().unwrap().is_empty());
     assert!(stdout.contains("| target | value |"));
 }
 
 #[test]
 fn the_keeper_benchmark_runs_and_refreshes_every_due_grant() {
-    let (cost, _) = run_bench(
+    let (cost, _, _) = run_bench(
         "bench_keeper_smoke",
         &[
             "--keeper",
@@ -73,8 +98,9 @@ fn the_keeper_benchmark_runs_and_refreshes_every_due_grant() {
 }
 
 /// Runs `bench --smoke` with `args` on a database of its own (dropped however the test
-/// ends) and returns the JSON it wrote and its standard output.
-fn run_bench(purpose: &str, args: &[&str]) -> (Value, String) {
+/// ends) and returns the JSON it wrote, its standard output and the directory of its files
+/// (removed when dropped).
+fn run_bench(purpose: &str, args: &[&str]) -> (Value, String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("results.json");
     // The benchmark creates the database itself; the guard drops it however the test ends.
@@ -107,5 +133,9 @@ fn run_bench(purpose: &str, args: &[&str]) -> (Value, String) {
         String::from_utf8_lossy(&run.stderr)
     );
     let results = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    (results, String::from_utf8_lossy(&run.stdout).into_owned())
+    (
+        results,
+        String::from_utf8_lossy(&run.stdout).into_owned(),
+        dir,
+    )
 }
