@@ -103,7 +103,7 @@ async fn a_put_a_refresh_and_a_death_on_one_instance_reach_another_within_max_st
 
     let first = token_body("first");
     a.put_token("alice", "google", &first).await;
-    cache_on(&b, "alice").await;
+    cache_on(b, "alice").await;
     let second = token_body("second");
     a.put_token("alice", "google", &second).await;
     let (b, wanted) = (&b, second["accessToken"].as_str().unwrap());
@@ -115,7 +115,7 @@ async fn a_put_a_refresh_and_a_death_on_one_instance_reach_another_within_max_st
     })
     .await;
 
-    cache_on(&b, "alice").await;
+    cache_on(b, "alice").await;
     assert_eq!(a.force_refresh("alice", "google").await.status(), 200);
     let refreshed = &provider.access_token(1);
     propagation(|| async move {
@@ -126,7 +126,7 @@ async fn a_put_a_refresh_and_a_death_on_one_instance_reach_another_within_max_st
     })
     .await;
 
-    cache_on(&b, "alice").await;
+    cache_on(b, "alice").await;
     provider.set_mode(Mode::InvalidGrant);
     let killed = a.force_refresh("alice", "google").await;
     assert_problem(killed, 409, "reauthorization_required").await;
