@@ -103,7 +103,7 @@ async fn a_put_a_refresh_and_a_death_on_one_instance_reach_another_within_max_st
 
     let first = token_body("first");
     a.put_token("alice", "google", &first).await;
-    cache_on(b, "alice").await;
+    cache_on(&b, "alice").await;
     let second = token_body("second");
     a.put_token("alice", "google", &second).await;
     let (b, wanted) = (&b, second["accessToken"].as_str().unwrap());
