@@ -141,13 +141,12 @@ impl RowCache {
     }
 
     /// The cached row of a grant, if the cache is serving, holds one, and may answer with
-    /// it: the grant is active, its access token is valid beyond `margin` (the refresh
-    /// buffer), and `servable` accepts its state. A dead grant, a token due for refresh or
-    /// a cool-down is always the database's to answer.
+    /// it: the grant is active, without failed refreshes, and `usable` accepts its state. A
+    /// dead grant or one cooling down is always the database's to answer.
     pub fn get(
         &self,
         grant: &GrantKey,
-        servable: impl FnOnce(&GrantState) -> bool,
+        usable: impl FnOnce(&GrantState) -> bool,
     ) -> Option<SealedGrant> {
         let inner = &self.inner;
         if !inner.is_serving() {
@@ -159,16 +158,20 @@ impl RowCache {
             return None;
         };
         let state = row.state();
-        let fresh = state.status == TokenStatus::Active
-            && state.refresh_failures == 0
-            && state.expires_at > after(Utc::now(), inner.margin);
-        if fresh && servable(state) {
+        let healthy = state.status == TokenStatus::Active && state.refresh_failures == 0;
+        if healthy && usable(state) {
             inner.count("hit");
             Some(row)
         } else {
             inner.count("bypass");
             None
         }
+    }
+
+    /// The access token is valid beyond the refresh buffer: a cached row that is not must
+    /// not be handed out as it is.
+    pub fn is_fresh(&self, state: &GrantState) -> bool {
+        state.expires_at > after(Utc::now(), self.inner.margin)
     }
 
     /// Taken before reading `grant` from the database; `None` while the cache is not serving
@@ -427,7 +430,8 @@ mod tests {
         }
 
         fn cached(&self, grant: &GrantKey) -> Option<(i64, i64)> {
-            self.get(grant, |_| true).map(|s| s.generation())
+            self.get(grant, |state| self.is_fresh(state))
+                .map(|s| s.generation())
         }
     }
 

@@ -283,7 +283,9 @@ impl Vault {
     /// The stored grant, decrypted. No span of its own (the hot path): its audit event
     /// names the grant.
     pub async fn get(&self, grant: &GrantKey, reveal: Reveal) -> Result<StoredToken, VaultError> {
-        let sealed = match self.cached(grant, |_| true) {
+        let rows = self.storage.rows.as_ref();
+        let cached = rows.and_then(|rows| rows.get(grant, |state| rows.is_fresh(state)));
+        let sealed = match cached {
             Some(sealed) => sealed,
             None => self.read(grant).await?.ok_or(VaultError::NotFound)?,
         };
@@ -295,15 +297,14 @@ impl Vault {
     }
 
     /// The grant from this replica's row cache, if the cache serves, holds it, and may
-    /// answer with it: the grant is active, its access token valid beyond the refresh
-    /// buffer, and `servable` accepts its state. Anything else needs the database
-    /// ([`Vault::read`]).
+    /// answer with it: the grant is active, without failed refreshes, and `usable` accepts
+    /// its state. Anything else needs the database ([`Vault::read`]).
     pub fn cached(
         &self,
         grant: &GrantKey,
-        servable: impl FnOnce(&GrantState) -> bool,
+        usable: impl FnOnce(&GrantState) -> bool,
     ) -> Option<SealedGrant> {
-        self.storage.rows.as_ref()?.get(grant, servable)
+        self.storage.rows.as_ref()?.get(grant, usable)
     }
 
     /// The grant as stored now, still sealed, through the batched lookups of the read path;

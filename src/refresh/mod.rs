@@ -243,11 +243,17 @@ impl Refresher {
         let buffer = inner.settings.buffer;
         let validity = Validity::AtLeast(min_validity.map_or(buffer, |v| v.max(buffer)));
         let now = Utc::now();
-        // The row cache answers only what it can serve as it is; anything else is decided
-        // on the row as stored now.
-        let servable = |state: &_| policy::decide(state, now, scopes, validity) == Decision::Serve;
-        if let Some(cached) = inner.vault.cached(grant, servable) {
-            return Ok(inner.vault.open_access(&cached).await?);
+        // The row cache answers a token it can serve as it is, and sends one that needs a
+        // refresh straight to the flight, which reads the grant again under its lock
+        // anyway (a refresh storm then costs no lock-free read per request). Anything else
+        // is decided on the row as stored now.
+        let decide = |state: &_| policy::decide(state, now, scopes, validity);
+        let usable = |state: &_| matches!(decide(state), Decision::Serve | Decision::Refresh);
+        if let Some(cached) = inner.vault.cached(grant, usable) {
+            return match decide(cached.state()) {
+                Decision::Serve => Ok(inner.vault.open_access(&cached).await?),
+                _ => self.join_flight(grant, Trigger::OnDemand, validity).await,
+            };
         }
         let sealed = inner
             .vault
