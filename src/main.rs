@@ -75,6 +75,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve { config } => {
             let config = Config::load(&config)?;
             telemetry::init(config.server.log_format);
+            no_huge_pages();
             Application::build(config).await?.run_until_stopped().await
         }
         Command::Migrate { config } => {
@@ -125,5 +126,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             print!("{}", token_store::http::openapi::json());
             Ok(())
         }
+    }
+}
+
+/// Backs the heap with 4 KiB pages rather than transparent huge pages. mimalloc asks the
+/// kernel for huge pages, and each first touch of one zeroes 2 MiB: when a refresh storm
+/// holds hundreds of requests at once, the heap's growth cost 50 to 100 µs of CPU per storm
+/// request in zeroing alone (docs/benchmarks.md), where 4 KiB pages zero only what is used.
+fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::warn!(error = %err, "could not switch transparent huge pages off");
     }
 }

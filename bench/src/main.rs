@@ -258,11 +258,13 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     let patience = Duration::from_secs(args.quiet_patience);
     let n = args.users;
     anyhow::ensure!(n >= 2, "--users must be at least 2");
-    // Users 1..=n are read; n + 1 is the storm's; n + 2 warms connections up.
+    // Users 1..=n are read; n + 1 is the storm's; n + 2 warms connections up; n + 3 is the
+    // storm's on reused connections.
     let readers: Vec<u64> = (1..=n).collect();
     let storm_user = n + 1;
     let warm_up_user = n + 2;
-    let cache_max_entries = args.cache_max_entries.unwrap_or(100_000.max(n + 2));
+    let reused_storm_user = n + 3;
+    let cache_max_entries = args.cache_max_entries.unwrap_or(100_000.max(n + 3));
     // The smoke run's count of database statements is incomplete rather than 11 s longer
     // per trial.
     let stats_flush = if args.smoke {
@@ -321,10 +323,10 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
 
     log!(
         "seeding {} users at concurrency {}",
-        n + 2,
+        n + 3,
         args.seed_concurrency
     );
-    let all_users: Vec<u64> = (1..=n + 2).collect();
+    let all_users: Vec<u64> = (1..=n + 3).collect();
     let seed = seed::seed(service.addr, &all_users, args.seed_concurrency).await?;
     log!("seeded in {:.1} s ({:.0}/s)", seed.seconds, seed.per_second);
     let lookup_plan = setup::lookup_plan(&db, 1).await?;
@@ -399,30 +401,40 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
     }
     let mut targets = vec![service.addr];
     targets.extend(siblings.iter().map(|s| s.addr));
-    let storm = storm::run(
-        &storm::StormPlan {
-            targets,
-            storm_user,
-            requests: args.storm_requests,
-            background_concurrency: args.background_concurrency,
-            background_rate: background_rate(&reads, args.background_share),
-            background_users: background_users.len() as u64,
-            service_pids: std::iter::once(&service)
-                .chain(&siblings)
-                .map(Service::pid)
-                .collect(),
-            baseline: duration,
-            patience,
-        },
-        &db,
-        &provider,
-    )
-    .await?;
+    let plan = storm::StormPlan {
+        targets,
+        storm_user,
+        requests: args.storm_requests,
+        background_concurrency: args.background_concurrency,
+        background_rate: background_rate(&reads, args.background_share),
+        background_users: background_users.len() as u64,
+        service_pids: std::iter::once(&service)
+            .chain(&siblings)
+            .map(Service::pid)
+            .collect(),
+        baseline: duration,
+        patience,
+        reused_connections: false,
+    };
+    let storm = storm::run(&plan, &db, &provider).await?;
     log!(
         "storm: {} provider calls, {} of {} succeeded",
         storm.provider_calls,
         storm.succeeded,
         storm.requests
+    );
+    log!("the same storm on connections that have answered a read before");
+    let reused_plan = storm::StormPlan {
+        storm_user: reused_storm_user,
+        reused_connections: true,
+        ..plan
+    };
+    let storm_reused = storm::run(&reused_plan, &db, &provider).await?;
+    log!(
+        "storm on reused connections: {} provider calls, {} of {} succeeded",
+        storm_reused.provider_calls,
+        storm_reused.succeeded,
+        storm_reused.requests
     );
     for sibling in siblings {
         sibling.stop().await?;
@@ -491,6 +503,7 @@ async fn run(args: &Args) -> anyhow::Result<Results> {
             refresh,
         },
         storm,
+        storm_reused,
         targets: Vec::new(),
         chart: chart_path,
     };

@@ -35,11 +35,23 @@ pub struct StormPlan {
     pub baseline: Duration,
     /// Longest wait for other work to leave the machine quiet.
     pub patience: Duration,
+    /// Each storm connection first answers one read of a background user, as the
+    /// long-lived connections of a load balancer have; otherwise the storm is the first
+    /// request of every connection.
+    pub reused_connections: bool,
 }
 
 pub async fn run(plan: &StormPlan, db: &PgPool, provider: &FakeProvider) -> anyhow::Result<Storm> {
     // Every storm connection is open before anything is measured.
     let mut storm_connections = load::connect(&plan.targets, plan.requests, API_KEY).await?;
+    if plan.reused_connections {
+        let first = load::burst(&mut storm_connections, 1).await;
+        anyhow::ensure!(
+            first.errors == 0,
+            "{} of the storm connections' first reads failed",
+            first.errors
+        );
+    }
     setup::expire(db, &[plan.storm_user]).await?;
     let provider_before = provider.token_calls() as u64;
     let busy_before = sys::wait_until_quiet(plan.patience).await?;

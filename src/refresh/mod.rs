@@ -295,12 +295,16 @@ impl Refresher {
                 Validity::Due => FlightKind::Due,
             },
         };
-        let span =
-            tracing::info_span!("refresh", user_id = %grant.user, provider = %grant.provider);
         let inner = self.inner.clone();
         let (flight, joined) = inner.flights.join_or_start(key, {
             let inner = inner.clone();
+            // The span is the flight's: callers that join one (a storm) open none.
             move |key| {
+                let span = tracing::info_span!(
+                    "refresh",
+                    user_id = %key.grant.user,
+                    provider = %key.grant.provider
+                );
                 async move { inner.run_flight(&key.grant, trigger, validity).await }
                     .instrument(span)
             }

@@ -232,3 +232,15 @@ async fn a_killed_lock_holder_releases_the_lock_and_another_instance_refreshes()
         .unwrap();
     assert_eq!(stored["accessToken"], fresh["accessToken"]);
 }
+
+#[tokio::test]
+async fn the_served_process_backs_its_heap_without_transparent_huge_pages() {
+    let app = TestApp::spawn().await;
+    let instance = BinaryInstance::start(Path::new(BIN), &app, "").await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", instance.pid())).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled");
+    assert_eq!(thp.trim(), "0", "{status}");
+}
